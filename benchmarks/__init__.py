@@ -1,0 +1,1 @@
+"""Benchmark harness for TSSA: suites of cells -> result rows with provenance -> reports."""
