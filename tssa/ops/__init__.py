@@ -73,6 +73,8 @@ def resolve_impl(impl: str, w: torch.Tensor, causal: bool = False) -> str:
     """The concrete implementation name ``impl`` stands for on this input."""
     if impl == "auto":
         impl = os.environ.get(ENV_IMPL, "auto") or "auto"
+    if impl == "auto" and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return "naive"  # exporters trace plain tensor ops; custom autograd functions do not export
     if impl == "auto":
         usable = [s for s in _IMPLS.values() if s.supports(w, causal)]
         return max(usable, key=lambda s: s.priority).name
