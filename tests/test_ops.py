@@ -11,7 +11,26 @@ from tssa.ops import available_impls, memberships, resolve_impl, tssa
 from tssa.ops.naive import tssa_causal_naive, tssa_naive
 from tssa.utils import LiveTensorTracker
 
-FAST_IMPLS = [name for name in available_impls() if name != "naive"]
+# tested in their own files: "triton" needs CUDA (tests/test_fast_triton.py runs it interpreted on CPU),
+# "compile" compiles once per shape (tests/test_fast_compile.py)
+OWN_TESTS = {"triton", "compile"}
+CPU_IMPLS = [name for name in available_impls() if name not in OWN_TESTS]
+FAST_IMPLS = [name for name in CPU_IMPLS if name != "naive"]
+
+
+def _has_causal(impl):
+    try:
+        resolve_impl(impl, torch.zeros(1, 1, 1, 1), True)
+    except ValueError:
+        return False
+    return True
+
+
+def _skip_unless_supported(impl, causal):
+    """Skip when ``impl`` has no form for ``causal`` (e.g. "stream" is non-causal only)."""
+    if causal and not _has_causal(impl):
+        pytest.skip(f"{impl} has no causal form")
+
 
 # (B, H, N, D): one token, ViT-B/16-like 197 tokens, YOLO P5 at 640 (400), odd N, D = 60, H = 1, B > 1
 SHAPES = [
@@ -45,6 +64,7 @@ def _run(impl, w, tau, pb, grad, causal):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_impl_matches_reference_fp32(impl, causal, shape):
+    _skip_unless_supported(impl, causal)
     w, tau, pb, grad = _inputs(shape, bias=shape[2] % 2 == 1)
     ref = _run(
         "naive", w.double(), tau.double(), pb.double() if pb is not None else None, grad.double(), causal
@@ -69,6 +89,7 @@ def test_reference_gradcheck_fp64(causal, bias):
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_fast_gradcheck_fp64(impl, causal):
+    _skip_unless_supported(impl, causal)
     w, tau, pb, _ = _inputs((2, 3, 5, 4), dtype=torch.float64, bias=True)
 
     def fn(w, tau, pb):
@@ -82,6 +103,7 @@ def test_fast_gradcheck_fp64(impl, causal):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_low_precision_error_at_most_twice_naive(impl, dtype, causal):
     """The flash-attention rule: in low precision a fast path may err at most 2x the plain path."""
+    _skip_unless_supported(impl, causal)
     w, tau, _, grad = (t if t is None else t.to(dtype) for t in _inputs((2, 4, 197, 32)))
     ref = _run("naive", w.double(), tau.double(), None, grad.double(), causal)  # same rounded inputs
     naive = _run("naive", w, tau, None, grad, causal)
@@ -109,10 +131,11 @@ def test_memberships_sum_to_one_over_heads(causal):
     torch.testing.assert_close(pi.sum(dim=1), torch.ones(3, 41), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", available_impls())
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("scale", [1e-6, 1e-3, 1.0, 1e2, 1e4])
 def test_outputs_and_gradients_finite_across_scales(impl, causal, scale):
+    _skip_unless_supported(impl, causal)
     w, tau, _, grad = _inputs((2, 4, 64, 16))
     y, dw, dtau = _run(impl, w * scale, tau, None, grad, causal)
     assert torch.isfinite(y).all() and torch.isfinite(dw).all() and torch.isfinite(dtau).all()
@@ -120,8 +143,9 @@ def test_outputs_and_gradients_finite_across_scales(impl, causal, scale):
     assert (y.abs() <= (w * scale).abs() * (1 + 1e-5)).all()
 
 
-@pytest.mark.parametrize("impl", available_impls())
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_causal_output_ignores_future_tokens(impl):
+    _skip_unless_supported(impl, True)
     w, tau, _, _ = _inputs((2, 4, 50, 16))
     n = 20
     w2 = w.clone()
@@ -132,7 +156,7 @@ def test_causal_output_ignores_future_tokens(impl):
     assert not torch.allclose(y1[:, :, n + 1 :], y2[:, :, n + 1 :])  # the change did reach the future
 
 
-@pytest.mark.parametrize("impl", available_impls())
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_noncausal_is_permutation_equivariant(impl):
     w, tau, _, _ = _inputs((2, 4, 97, 16))
     perm = torch.randperm(97, generator=torch.Generator().manual_seed(1))
@@ -140,8 +164,9 @@ def test_noncausal_is_permutation_equivariant(impl):
     y_perm = tssa(w[:, :, perm], tau, impl=impl)
     torch.testing.assert_close(y_perm, y[:, :, perm], rtol=1e-5, atol=1e-6)
     # ...while the causal form is not (a check that the test can tell the two apart)
+    ci = impl if _has_causal(impl) else "naive"  # the causal form of this path, or the reference
     assert not torch.allclose(
-        tssa(w[:, :, perm], tau, causal=True, impl=impl), tssa(w, tau, causal=True, impl=impl)[:, :, perm]
+        tssa(w[:, :, perm], tau, causal=True, impl=ci), tssa(w, tau, causal=True, impl=ci)[:, :, perm]
     )
 
 
@@ -158,9 +183,10 @@ def _bytes_per_token(fn, n, c=64, heads=4):
     return tracker.peak / n, tracker.allocated / n
 
 
-@pytest.mark.parametrize("impl", available_impls())
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_memory_is_linear_in_tokens(impl, causal):
+    _skip_unless_supported(impl, causal)
     from tssa.nn import SoftmaxAttention, TokenStatisticsAttention
 
     torch.manual_seed(0)
@@ -168,8 +194,11 @@ def test_memory_is_linear_in_tokens(impl, causal):
     softmax = SoftmaxAttention(64, num_heads=4, causal=causal, fused_attn=False)
     peak_small, alloc_small = _bytes_per_token(layer, 1024)  # weight gradients are < 3% of this
     peak_big, alloc_big = _bytes_per_token(layer, 16384)
-    assert 0.9 < peak_big / peak_small < 1.05, (peak_small, peak_big)
-    assert 0.9 < alloc_big / alloc_small < 1.05, (alloc_small, alloc_big)
+    # bytes per token must not grow with N; chunked paths ("stream") add a constant chunk buffer, so
+    # theirs may fall, the others' stay flat
+    lo = 0.3 if impl == "stream" else 0.9
+    assert lo < peak_big / peak_small < 1.05, (peak_small, peak_big)
+    assert lo < alloc_big / alloc_small < 1.05, (alloc_small, alloc_big)
     sm_small, _ = _bytes_per_token(softmax, 256)
     sm_big, _ = _bytes_per_token(softmax, 4096)
     assert sm_big / sm_small > 8, (sm_small, sm_big)  # the N x N matrix: per-token bytes grow ~16x

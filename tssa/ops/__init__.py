@@ -6,6 +6,7 @@ on projected tokens ``w`` (B, H, N, D) with a per-head temperature (H,). Impleme
 - ``"naive"``: the paper's equations step by step (:mod:`tssa.ops.naive`), the reference.
 - ``"lean"``: a custom autograd function that saves only ``w`` and per-head statistics
   (:mod:`tssa.ops.lean`).
+- ``"stream"``, ``"triton"``, ``"compile"``: the fast paths of :mod:`tssa.ops.fast`.
 - ``"auto"``: the best registered implementation for the device and dtype.
 
 Further implementations register themselves with :func:`register_impl`.
@@ -145,3 +146,7 @@ def tssa(
         return (tssa_causal_naive if causal else tssa_naive)(w, temperature, bias, attn_drop)
     name = resolve_impl(impl, w, causal)
     return _IMPLS[name].fn(w, temperature, bias, causal)
+
+
+# fast paths (tssa/ops/fast.py): "stream" (CPU, non-causal), "triton" (CUDA), "compile" (explicit only)
+from . import fast as _fast  # noqa: E402,F401  (registers on import; needs the names above)

@@ -1,0 +1,76 @@
+"""The fast TSSA paths and their registration with :func:`tssa.ops.register_impl`.
+
+===========  ==========================================================  =================
+name         what it is                                                  ``auto`` picks it
+===========  ==========================================================  =================
+``stream``   token-major, cache-sized chunks, memory-lean backward        CPU (any device),
+             (:mod:`tssa.ops.stream`); non-causal                         non-causal
+``triton``   fused Triton kernels, forward and backward                   CUDA, non-causal,
+             (:mod:`tssa.ops.triton_tssa`)                                H <= 64, D <= 256
+``compile``  ``torch.compile`` of the naive reference (both forms)        never (explicit)
+===========  ==========================================================  =================
+
+Causal inputs fall back to ``lean`` under ``auto``. Triton is imported only when a CUDA input asks
+for it, so ``import tssa`` still needs torch alone.
+
+>>> w = torch.randn(1, 4, 64, 16)
+>>> resolve_impl("auto", w)  # on a CPU tensor
+'stream'
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from . import ImplSpec, register_impl, resolve_impl  # noqa: F401  (resolve_impl: for the doctest)
+from .naive import tssa_causal_naive, tssa_naive
+from .stream import tssa_stream
+
+__all__ = ["compiled_core", "triton_available"]
+
+
+def _stream(w, temperature, bias, causal):
+    return tssa_stream(w, temperature, bias)
+
+
+def _stream_supports(w: torch.Tensor, causal: bool) -> bool:
+    return not causal
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton(w, temperature, bias, causal):
+    from .triton_tssa import tssa_triton
+
+    return tssa_triton(w, temperature, bias)
+
+
+def _triton_supports(w: torch.Tensor, causal: bool) -> bool:
+    # limits mirror tssa.ops.triton_tssa.MAX_HEADS / MAX_HEAD_DIM (not imported here: that loads triton)
+    return w.is_cuda and not causal and w.shape[1] <= 64 and w.shape[3] <= 256 and triton_available()
+
+
+@functools.cache
+def compiled_core(causal: bool):
+    """``torch.compile`` of the naive reference (non-causal or causal); compiled on first call."""
+    return torch.compile(tssa_causal_naive if causal else tssa_naive, dynamic=False)
+
+
+def _compile(w, temperature, bias, causal):
+    return compiled_core(causal)(w, temperature, bias)
+
+
+def _always(w: torch.Tensor, causal: bool) -> bool:
+    return True
+
+
+register_impl(ImplSpec("stream", _stream, _stream_supports, priority=20))
+register_impl(ImplSpec("triton", _triton, _triton_supports, priority=30))
+register_impl(ImplSpec("compile", _compile, _always, priority=-10))
