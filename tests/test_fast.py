@@ -120,3 +120,13 @@ def test_layer_peak_memory_within_1p5x_of_projections():
     floor = _peak_fwd_bwd(lambda t: lin2(lin1(t)), x)
     assert peaks["stream"] <= 1.5 * floor, (peaks, floor)
     assert peaks["stream"] < peaks["lean"], peaks
+
+
+def test_stream_leaves_its_inputs_untouched():
+    w, tau, pb, grad = (t.float() for t in _inputs((2, 4, 40, 8), bias=True, token_major=True))
+    copies = [t.clone() for t in (w, tau, pb, grad)]
+    leaves = [t.requires_grad_() for t in (w, tau, pb)]
+    y = tssa_stream(*leaves)
+    torch.autograd.grad(y, leaves, grad)
+    for before, after in zip(copies, (w, tau, pb, grad)):
+        assert torch.equal(before, after.detach())

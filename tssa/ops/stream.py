@@ -11,9 +11,9 @@ cache, so that every full-size temporary of the eager formulation disappears:
 - backward: three passes of the same kind (see :mod:`tssa.ops.lean` for the equations); the only
   full-size tensor it allocates is ``dW`` itself.
 
-Per-head contractions (``sum_d w^2 r`` per head, ``sum_n Pi w^2`` per head) run as small GEMMs against
-block-diagonal (B, C, H) matrices, C = H * D. Saved for backward: ``w``, ``Pi`` (B, N, H) and
-(B, H, D) statistics. Statistics and chunk arithmetic run in float32 for float16/bfloat16 inputs.
+Per-head contractions (``sum_d w^2 r``, ``sum_n Pi w^2``) are broadcast products reduced inside the
+chunk; the softmax over heads runs on (B, H, n) blocks. Saved for backward: ``w``, ``Pi`` (B, H, N)
+and (B, H, D) statistics. Statistics and chunk arithmetic run in float32 for float16/bfloat16 inputs.
 
 >>> w = torch.randn(2, 4, 197, 48)
 >>> tssa_stream(w, torch.ones(4)).shape
@@ -41,31 +41,9 @@ def _stat_dtype(w: torch.Tensor) -> torch.dtype:
     return torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
 
 
-def _blockdiag(v: torch.Tensor) -> torch.Tensor:
-    """(B, H, D) -> (B, H, C) with row h holding v[:, h] in columns h*D..h*D+D-1, zeros elsewhere."""
-    b, h, d = v.shape
-    out = v.new_zeros(b, h, h, d)  # (B, H, H, D)
-    out.diagonal(dim1=1, dim2=2).copy_(v.transpose(1, 2))  # diagonal view: (B, D, H)
-    return out.view(b, h, h * d)
-
-
-def _diagblocks(m: torch.Tensor, d: int) -> torch.Tensor:
-    """(B, H, C) -> (B, H, D): row h restricted to its own head's columns."""
-    b, h, _ = m.shape
-    return m.view(b, h, h, d).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (B, D, H) -> (B, H, D)
-
-
 def _token_major(t: torch.Tensor) -> torch.Tensor:
     """(B, H, N, D) -> the (B, N, H, D) tensor behind it, contiguous; a view when ``t`` is a head split."""
     return t.transpose(1, 2).contiguous()
-
-
-def _logits(sq, r_blk, tau, bias_t, d):
-    """Per-token head logits: ``q = sum_d w^2 r (+ D bias)``; returns (tau * q, q), each (B, n, H)."""
-    q = torch.matmul(sq, r_blk.transpose(1, 2))  # (B, n, C) @ (B, C, H) -> (B, n, H)
-    if bias_t is not None:
-        q = q + d * bias_t  # (n, H) broadcast over B
-    return q * tau, q
 
 
 class _TSSAStream(torch.autograd.Function):
@@ -75,99 +53,110 @@ class _TSSAStream(torch.autograd.Function):
         c = h * d
         dt = _stat_dtype(w)
         wt = _token_major(w).view(bsz, n, c)  # (B, N, C), physical token-major layout
-        tau_f = tau.to(dt)
+        tau_f = tau.to(dt).view(1, h, 1)
         step = chunk_tokens(c)
         colsq = wt.new_zeros(bsz, c, dtype=dt)  # (B, C): sum_n w^2 per feature column
         for n0 in range(0, n, step):
             x = wt[:, n0 : n0 + step].to(dt)  # (B, n, C)
             colsq += (x * x).sum(dim=1)
         colsq = colsq.view(bsz, h, d)  # (B, H, D)
-        r = 1.0 / colsq.clamp_min(_SQ_EPS)  # (B, H, D)
-        r_blk = _blockdiag(r)  # (B, H, C)
-        pi = wt.new_empty(bsz, n, h, dtype=dt)  # (B, N, H)
-        mnum = wt.new_zeros(bsz, h, c, dtype=dt)  # (B, H, C); its diagonal blocks are sum_n Pi w^2
+        r4 = (1.0 / colsq.clamp_min(_SQ_EPS)).unsqueeze(1)  # (B, 1, H, D)
+        pi = wt.new_empty(bsz, h, n, dtype=dt)  # (B, H, N)
+        mnum = wt.new_zeros(bsz, h, d, dtype=dt)  # (B, H, D): sum_n Pi w^2
         for n0 in range(0, n, step):
-            x = wt[:, n0 : n0 + step].to(dt)  # (B, n, C)
-            sq = x * x
-            bias_t = bias[:, n0 : n0 + step].t().to(dt) if bias is not None else None
-            s, _ = _logits(sq, r_blk, tau_f, bias_t, d)
-            p = torch.softmax(s, dim=-1)  # (B, n, H): over heads
-            pi[:, n0 : n0 + step] = p
-            mnum.baddbmm_(p.transpose(1, 2), sq)  # (B, H, n) @ (B, n, C)
-        total = pi.sum(dim=1) + MEMBERSHIP_EPS  # (B, H)
-        m = _diagblocks(mnum, d) / total.unsqueeze(-1)  # (B, H, D)
+            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)  # (B, n, H, D)
+            sq4 = x4 * x4
+            p = _memberships(sq4, r4, tau_f, bias, n0, d)  # (B, H, n)
+            pi[:, :, n0 : n0 + step] = p
+            mnum += (sq4 * p.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
+        total = pi.sum(dim=-1) + MEMBERSHIP_EPS  # (B, H)
+        m = mnum / total.unsqueeze(-1)  # (B, H, D)
         g = 1.0 / (1.0 + m)  # (B, H, D)
-        neg_g_blk = _blockdiag(-g)  # (B, H, C)
-        y = torch.empty(bsz, n, c, dtype=w.dtype, device=w.device)  # (B, N, C)
+        neg_g4 = g.neg().unsqueeze(1)  # (B, 1, H, D)
+        y = torch.empty(bsz, n, h, d, dtype=w.dtype, device=w.device)  # (B, N, H, D)
         for n0 in range(0, n, step):
-            coef = torch.bmm(pi[:, n0 : n0 + step], neg_g_blk)  # (B, n, H) @ (B, H, C): -Pi g per channel
+            x4 = wt[:, n0 : n0 + step].view(bsz, -1, h, d)  # (B, n, H, D)
+            p4 = pi[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1)  # (B, n, H, 1)
             if dt == w.dtype:
-                torch.mul(wt[:, n0 : n0 + step], coef, out=y[:, n0 : n0 + step])
+                y4 = y[:, n0 : n0 + step]
+                torch.mul(x4, p4, out=y4).mul_(neg_g4)  # -Pi w g, in two cache-resident passes
             else:
-                y[:, n0 : n0 + step] = wt[:, n0 : n0 + step].to(dt) * coef
-        ctx.save_for_backward(w, tau, bias, pi, r, colsq, total, m, g)
-        return y.view(bsz, n, h, d).transpose(1, 2)  # (B, H, N, D) view of the token-major buffer
+                y[:, n0 : n0 + step] = x4.to(dt).mul(p4).mul_(neg_g4)
+        ctx.save_for_backward(w, tau, bias, pi, r4, colsq, total, m, g)
+        return y.transpose(1, 2)  # (B, H, N, D) view of the token-major buffer
 
     @staticmethod
     def backward(ctx, grad):
-        w, tau, bias, pi, r, colsq, total, m, g = ctx.saved_tensors
+        w, tau, bias, pi, r4, colsq, total, m, g = ctx.saved_tensors
         bsz, h, n, d = w.shape
         c = h * d
-        dt = r.dtype
+        dt = pi.dtype
         wt = _token_major(w).view(bsz, n, c)  # (B, N, C)
         gt = _token_major(grad).view(bsz, n, c)  # (B, N, C)
-        tau_f = tau.to(dt)
+        tau_f = tau.to(dt).view(1, h, 1)
         step = chunk_tokens(c)
-        g_blk = _blockdiag(g)  # (B, H, C)
+        g4 = g.unsqueeze(1)  # (B, 1, H, D)
         # pass A: dPi1 = -sum_d G w g, and P = sum_n Pi G w (per head, per feature)
-        dpi = pi.new_empty(bsz, n, h)  # (B, N, H)
-        pgw = pi.new_zeros(bsz, h, c)  # (B, H, C)
+        dpi = torch.empty_like(pi)  # (B, H, N)
+        pgw = pi.new_zeros(bsz, h, d)  # (B, H, D)
         for n0 in range(0, n, step):
-            gw = gt[:, n0 : n0 + step].to(dt) * wt[:, n0 : n0 + step].to(dt)  # (B, n, C)
-            dpi[:, n0 : n0 + step] = torch.bmm(gw, g_blk.transpose(1, 2)).neg_()  # (B, n, H)
-            pgw.baddbmm_(pi[:, n0 : n0 + step].transpose(1, 2), gw)
-        da = g * g * _diagblocks(pgw, d) / total.unsqueeze(-1)  # (B, H, D): dm / total
-        dtotal = -(da * m).sum(dim=-1)  # (B, H)
-        da_blk = _blockdiag(da)  # (B, H, C)
-        r_blk = _blockdiag(r)
+            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)  # (B, n, H, D)
+            gw4 = (
+                gt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d) * x4
+            )  # G w (a new tensor: never write to G)
+            dpi[:, :, n0 : n0 + step] = (gw4 * g4).sum(dim=-1).transpose(1, 2).neg_()  # (B, H, n)
+            pgw += (gw4.mul_(pi[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1))).sum(dim=1)
+        da = g * g * pgw / total.unsqueeze(-1)  # (B, H, D): dm / total
+        dtotal = -(da * m).sum(dim=-1, keepdim=True)  # (B, H, 1)
+        da4 = da.unsqueeze(1)  # (B, 1, H, D)
         # pass B: dPi, the softmax backward over heads, dr = sum_n tau dS w^2, dtau = sum_n dS q
-        tds = dpi  # (B, N, H), overwritten chunk by chunk
-        drm = pi.new_zeros(bsz, h, c)  # (B, H, C)
+        tds = dpi  # (B, H, N), overwritten chunk by chunk
+        drm = pi.new_zeros(bsz, h, d)  # (B, H, D)
         dtau = pi.new_zeros(h)
         for n0 in range(0, n, step):
-            x = wt[:, n0 : n0 + step].to(dt)
-            sq = x * x  # (B, n, C)
-            p = pi[:, n0 : n0 + step]  # (B, n, H)
-            dp = torch.baddbmm(dpi[:, n0 : n0 + step], sq, da_blk.transpose(1, 2)).add_(dtotal.unsqueeze(1))
-            ds = p * (dp - (p * dp).sum(dim=-1, keepdim=True))  # (B, n, H): softmax over heads
-            bias_t = bias[:, n0 : n0 + step].t().to(dt) if bias is not None else None
-            _, q = _logits(sq, r_blk, tau_f, bias_t, d)
-            dtau += (ds * q).sum(dim=(0, 1))
-            td = ds.mul_(tau_f)  # (B, n, H)
-            drm.baddbmm_(td.transpose(1, 2), sq)
-            tds[:, n0 : n0 + step] = td
-        dr = _diagblocks(drm, d)  # (B, H, D)
-        dcol = torch.where(colsq > _SQ_EPS, -r * r * dr, torch.zeros_like(dr))  # (B, H, D)
-        # pass C: dW = 2 w (Pi dA + tds r + dcol) - G Pi g; the coefficients are (n, 2H+1) @ (2H+1, C)
-        right = torch.cat([_blockdiag(2 * da), _blockdiag(2 * r), 2 * dcol.view(bsz, 1, c)], dim=1)
-        neg_g_blk = g_blk.neg_()  # (B, H, C)
-        dw = torch.empty(bsz, n, c, dtype=w.dtype, device=w.device)  # (B, N, C)
-        ones = pi.new_ones(bsz, min(step, n), 1)
+            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)
+            sq4 = x4 * x4  # (B, n, H, D)
+            p = pi[:, :, n0 : n0 + step]  # (B, H, n)
+            dp = (sq4 * da4).sum(dim=-1).transpose(1, 2).add_(dpi[:, :, n0 : n0 + step]).add_(dtotal)
+            ds = p * (dp - (p * dp).sum(dim=1, keepdim=True))  # (B, H, n): softmax over heads
+            q = _head_energy(sq4, r4, bias, n0, d)  # (B, H, n)
+            dtau += (ds * q).sum(dim=(0, 2))
+            td = ds.mul_(tau_f)  # (B, H, n)
+            drm += (sq4.mul_(td.transpose(1, 2).unsqueeze(-1))).sum(dim=1)
+            tds[:, :, n0 : n0 + step] = td
+        r = r4.squeeze(1)  # (B, H, D)
+        dcol = torch.where(colsq > _SQ_EPS, -r * r * drm, torch.zeros_like(drm))  # (B, H, D)
+        # pass C: dW = 2 w (Pi dA + tds r + dcol) - G Pi g
+        da2, r2, dcol2, neg_g4 = 2 * da4, 2 * r4, 2 * dcol.unsqueeze(1), g4.neg()
+        dw = torch.empty(bsz, n, h, d, dtype=w.dtype, device=w.device)  # (B, N, H, D)
         for n0 in range(0, n, step):
-            p = pi[:, n0 : n0 + step]  # (B, n, H)
-            k = p.shape[1]
-            left = torch.cat([p, tds[:, n0 : n0 + step], ones[:, :k]], dim=-1)  # (B, n, 2H + 1)
-            coef_w = torch.bmm(left, right)  # (B, n, C)
-            coef_g = torch.bmm(p, neg_g_blk)  # (B, n, C): -Pi g per channel
-            x = wt[:, n0 : n0 + step].to(dt)
-            acc = coef_w.mul_(x).addcmul_(coef_g, gt[:, n0 : n0 + step].to(dt))
-            dw[:, n0 : n0 + step] = acc
-        dw4 = dw.view(bsz, n, h, d).transpose(1, 2)  # (B, H, N, D)
+            p4 = pi[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1)  # (B, n, H, 1)
+            t4 = tds[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1)
+            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)
+            coef = torch.addcmul(dcol2, p4, da2).addcmul_(t4, r2).mul_(x4)  # (B, n, H, D)
+            gp = gt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d).mul(p4)  # G Pi
+            if dt == w.dtype:
+                torch.addcmul(coef, gp, neg_g4, out=dw[:, n0 : n0 + step])
+            else:
+                dw[:, n0 : n0 + step] = coef.addcmul_(gp, neg_g4)
         dtau_out = dtau.to(tau.dtype) if ctx.needs_input_grad[1] else None
         dbias = None
         if bias is not None and ctx.needs_input_grad[2]:
-            dbias = (d * tds.sum(dim=0)).t().to(bias.dtype)  # (H, N)
-        return dw4, dtau_out, dbias
+            dbias = (d * tds.sum(dim=0)).to(bias.dtype)  # (H, N)
+        return dw.transpose(1, 2), dtau_out, dbias
+
+
+def _head_energy(sq4, r4, bias, n0, d):
+    """``q[b, h, n] = sum_d w^2 / colsq (+ D bias[h, n])`` of one chunk: (B, n, H, D) -> (B, H, n)."""
+    q = (sq4 * r4).sum(dim=-1).transpose(1, 2).contiguous()  # (B, H, n)
+    if bias is not None:
+        q += d * bias[:, n0 : n0 + q.shape[-1]].to(q.dtype)  # (H, n) broadcast over B
+    return q
+
+
+def _memberships(sq4, r4, tau, bias, n0, d):
+    """``Pi = softmax over heads of tau q`` of one chunk: (B, H, n), contiguous (softmax over dim 1)."""
+    return torch.softmax(_head_energy(sq4, r4, bias, n0, d).mul_(tau), dim=1)
 
 
 def tssa_stream(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
