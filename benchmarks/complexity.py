@@ -39,6 +39,7 @@ N from which TSSA is faster than SDPA.
 from __future__ import annotations
 
 import gc
+import importlib
 import math
 import re
 import signal
@@ -93,18 +94,22 @@ class OpCase:
 
 
 def expand_variants(variants: list[str], device: str, dtype: str) -> list[str]:
-    """Replace ``tssa:*`` by ``tssa:<impl>`` for every registered impl that runs on this device/dtype."""
+    """Replace ``tssa:*`` by ``tssa:<impl>`` for every registered impl that runs on this device/dtype.
+
+    Implementations registered with a negative priority (explicit-only paths such as ``compile``)
+    are left out of ``tssa:*``; name them (``tssa:compile``) to sweep them.
+    """
     from tssa.ops import _IMPLS, available_impls
 
-    probe = torch.empty(1, 2, 4, 4, device="meta", dtype=getattr(torch, dtype))
+    probe = torch.zeros(1, 2, 4, 4, device=device, dtype=getattr(torch, dtype))
     out: list[str] = []
     for v in variants:
         if v == "tssa:*":
             for name in available_impls():
+                if _IMPLS[name].priority < 0:
+                    continue
                 try:
-                    ok = _IMPLS[name].supports(
-                        probe.to_empty(device=device) if device != "cpu" else probe, False
-                    )
+                    ok = _IMPLS[name].supports(probe, False)
                 except Exception:  # an impl whose probe fails cannot run here
                     ok = False
                 if ok and f"tssa:{name}" not in out:
@@ -625,11 +630,11 @@ def build_model(family: str, variant: str, image_size: int) -> torch.nn.Module:
     they are not importable.
     """
     if family == "yolo":
-        from ultralytics import YOLO
+        # first: registers the modules and applies the offline settings before ultralytics reads them
+        importlib.import_module("tssa.ultralytics")
+        yolo = importlib.import_module("ultralytics").YOLO
 
-        import tssa.ultralytics  # noqa: F401  (registers the modules, applies the offline settings)
-
-        return YOLO(f"{variant}.yaml").model
+        return yolo(f"{variant}.yaml").model
     if family == "timm":
         import timm
 
