@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as tb
 
-from benchmarks.flops import analytic_counts, count_flops_torch, count_macs_fvcore
+from benchmarks.flops import analytic_counts, count_macs_fvcore
 from benchmarks.store import ResultStore, error_row, make_row, provenance
 from tssa.utils import LiveTensorTracker
 
@@ -270,6 +270,25 @@ def measure_peak_bytes(step: Callable[[], None], device: str, existing=()) -> in
     return int(tracker.peak)
 
 
+def peak_and_flops(step: Callable[[], None], device: str, existing=()) -> tuple[int, int]:
+    """One ``step()`` measured twice at once: (extra peak bytes, FLOPs under ``FlopCounterMode``).
+
+    The FLOP counter runs inside the memory measurement, so a slow cell pays one call for both.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.flops import flop_counter_mapping
+
+    counter = FlopCounterMode(display=False, custom_mapping=flop_counter_mapping())
+
+    def counted():
+        with counter:
+            step()
+
+    peak = measure_peak_bytes(counted, device, existing)
+    return peak, int(counter.get_total_flops())
+
+
 def profiler_peak_bytes(step: Callable[[], None]) -> int:
     """Peak of the CPU allocator's running total during ``step()``, from ``torch.profiler`` memory events.
 
@@ -393,7 +412,7 @@ def _op_static_rows(case: OpCase, fn, args, step, ctx: dict) -> tuple[list, floa
         ),
     ]
     first = _warm_up(step, case.device, ctx["timeout_s"])
-    flops = count_flops_torch(step)
+    peak, flops = peak_and_flops(step, case.device, existing=step.inputs)
     rows.append(mk(case, "flops_torch", flops, "FLOPs", counter="torch.utils.flop_counter.FlopCounterMode"))
     if case.pass_ == "fwd":
         with warnings.catch_warnings():
@@ -410,7 +429,6 @@ def _op_static_rows(case: OpCase, fn, args, step, ctx: dict) -> tuple[list, floa
                 complete=not unsupported,
             )
         )
-    peak = measure_peak_bytes(step, case.device, existing=step.inputs)
     rows.append(mk(case, "peak_mib", peak / MIB, "MiB", bytes=peak, tracker=ctx["tracker"]))
     if case.device == "cpu" and case.tokens <= ctx["profile_max_tokens"]:
         ppeak = profiler_peak_bytes(step)
@@ -710,6 +728,7 @@ def _model_context(
         "times": {},
         "key": lambda c: (c.family, c.variant, c.pass_),
         "size": lambda c: c.image_size,
+        "peaks": {},
         "seed": seed,
     }
 
@@ -722,6 +741,15 @@ def _model_context(
                 return [
                     error(case, f"timeout: skipped, predicted {guess:.0f} s per call from {s0}px exceeds "
                           f"the time limit of {timeout_s:g} s")
+                ]  # fmt: skip
+        seen = ctx["peaks"].get(ctx["key"](case))
+        if seen is not None:
+            s0, p0 = seen
+            need = p0 * (case.image_size / s0) ** 4  # the quadratic worst case: N^2 with N ~ S^2
+            if need > budget_gib * 2**30:
+                return [
+                    error(case, f"skipped: predicted peak {need / 2**30:.1f} GiB from {s0}px exceeds the "
+                          f"memory budget of {budget_gib:g} GiB (out of memory)")
                 ]  # fmt: skip
         try:
             with warnings.catch_warnings():
@@ -760,7 +788,8 @@ def _model_context(
         extra = {"attn_tokens": tokens, "params": sum(p.numel() for p in model.parameters())}
         rows = []
         first = _warm_up(step, device, timeout_s)
-        flops = count_flops_torch(step)
+        existing = [x, *model.parameters(), *model.buffers()]
+        peak, flops = peak_and_flops(step, device, existing=existing)
         tok = max(tokens) if tokens else None
         rows.append(_with_tokens(row(case, "flops_torch", flops, "FLOPs", **extra), tok))
         if not grad:
@@ -785,8 +814,7 @@ def _model_context(
                     )
                 except Exception as exc:  # tracing a model can fail; say so in a row
                     rows.append(_with_tokens(error(case, f"fvcore could not trace: {exc}"[:300]), tok))
-        existing = [x, *model.parameters(), *model.buffers()]
-        peak = measure_peak_bytes(step, device, existing=existing)
+        ctx["peaks"][ctx["key"](case)] = (case.image_size, peak)
         rows.append(_with_tokens(row(case, "peak_mib", peak / MIB, "MiB", bytes=peak, **extra), tok))
         return _Prepared(case, step, rows, first, units=case.batch, tokens=tok)
 

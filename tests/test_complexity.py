@@ -108,6 +108,8 @@ def test_tracker_and_profiler_agree_on_operators(variant):
         tracked = cx.measure_peak_bytes(step, "cpu", existing=step.inputs)
         # the profiler also sees 0-dim scalars that Python numbers become outside the dispatcher
         assert 0 <= cx.profiler_peak_bytes(step) - tracked <= 64
+        # counting FLOPs inside the memory measurement changes neither number
+        assert cx.peak_and_flops(step, "cpu", existing=step.inputs) == (tracked, count_flops_torch(step))
 
 
 def test_softmax_memory_is_quadratic_and_tssa_linear():
