@@ -1,0 +1,1 @@
+"""Datasets the benchmarks use: generated on the fly, never downloaded."""

@@ -1,0 +1,170 @@
+"""YOLO11 variants with TSSA, softmax or no attention, as a plug-in to Ultralytics.
+
+``import tssa.ultralytics`` applies the offline settings (:func:`tssa.offline.configure_offline`),
+imports ultralytics, and registers the modules of :mod:`tssa.ultralytics.modules` and the model
+YAMLs in ``tssa/ultralytics/cfg/``; no file of the installed ultralytics package is edited.
+Every variant comes at the scales n/s/m/l/x (the scale is read from the file name, as for stock
+models):
+
+=====================  ==================================================================
+``yolo11``             stock (Ultralytics' own YAML, untouched): softmax ``C2PSA`` at P5
+``yolo11-tssa``        ``C2PSA``'s attention replaced by TSSA (:class:`C2TSSA`), same heads
+``yolo11-noattn``      the same block without a token mixer (:class:`C2NoAttn`), ffn kept
+``yolo11-softmax-p345`` stock plus a softmax ``C2PSA`` (n=1) on each of the P3/P4/P5 head inputs
+``yolo11-tssa-p345``   ``yolo11-tssa`` plus a :class:`C2TSSA` (n=1) on each of the P3/P4/P5 inputs
+=====================  ==================================================================
+
+How the registration works: ``parse_model`` resolves a YAML module name through the globals of
+``ultralytics.nn.tasks`` and fills in channel and repeat arguments only for a fixed set of stock
+classes. The names are therefore added to those globals, and ``parse_model`` is wrapped: a layer
+naming one of our modules is built by the stock code as ``C2PSA`` (same arguments: ``c1, c2, n, e``)
+and then replaced by our module with the same arguments, which takes over the stand-in's weights
+outside the token mixer (``cv1``, ``cv2``, ``m.*.ffn``). So under the same seed every weight outside
+``attn`` starts equal to stock YOLO11's, and the variants differ from stock only in the mixer. ``check_yaml`` is
+wrapped so that bare names like ``yolo11n-tssa.yaml`` resolve to the files shipped here when no
+such file exists in the working directory.
+
+>>> import tssa.ultralytics
+>>> from ultralytics import YOLO
+>>> model = YOLO("yolo11n-tssa.yaml")
+>>> type(model.model.model[10]).__name__
+'C2TSSA'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from copy import deepcopy
+from pathlib import Path
+
+from tssa.offline import TRAIN_DEFAULTS, configure_offline
+
+configure_offline()  # before ultralytics is imported: it reads its environment at import
+
+import ultralytics.nn.tasks as _tasks  # noqa: E402
+from ultralytics.nn.modules import C2PSA  # noqa: E402
+
+from .modules import C2TSSA, C2NoAttn, MixerPSABlock, TokenStatisticsAttention2d  # noqa: E402
+
+__all__ = [
+    "C2TSSA",
+    "C2NoAttn",
+    "MixerPSABlock",
+    "TokenStatisticsAttention2d",
+    "CFG_DIR",
+    "VARIANTS",
+    "SCALES",
+    "MODULES",
+    "model_yaml",
+    "configure_offline",
+    "TRAIN_DEFAULTS",
+]
+
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
+SCALES = ("n", "s", "m", "l", "x")
+VARIANTS = ("yolo11", "yolo11-tssa", "yolo11-noattn", "yolo11-softmax-p345", "yolo11-tssa-p345")
+# YAML name -> class; each is built by parse_model in the place of the stock class it mirrors.
+MODULES: dict[str, type] = {"C2TSSA": C2TSSA, "C2NoAttn": C2NoAttn}
+_STAND_IN = "C2PSA"
+
+
+def model_yaml(variant: str, scale: str) -> str:
+    """The name to load with ``YOLO(...)``: ``model_yaml("yolo11-tssa", "n") == "yolo11n-tssa.yaml"``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
+    return f"yolo11{scale}{variant[len('yolo11') :]}.yaml"
+
+
+class _Capture(logging.Filter):
+    """Holds back log records while the stock parser prints its layer table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
+def _table_line(line: str, layer) -> str:
+    # parse_model prints f"{i:>3}{f!s:>20}{n:>3}{np:10.0f}  {type:<45}{args!s:<30}"; swap np and type.
+    return f"{line[:26]}{layer.np:10.0f}  {layer.type:<45}{line[83:]}"
+
+
+def _parse_model(d, ch, verbose=True):
+    """``parse_model`` that also builds the modules in :data:`MODULES` (see the module docstring)."""
+    rows = d.get("backbone", []) + d.get("head", [])
+    ours = {i: row[2] for i, row in enumerate(rows) if row[2] in MODULES}
+    if not ours:
+        return _stock_parse_model(d, ch, verbose)
+    d = deepcopy(d)
+    for row in d["backbone"] + d["head"]:
+        if row[2] in MODULES:
+            row[2] = _STAND_IN
+    logger = logging.getLogger(_tasks.LOGGER.name)
+    capture = _Capture()
+    logger.addFilter(capture)
+    try:
+        layers, save = _stock_parse_model(d, ch, verbose)
+    finally:
+        logger.removeFilter(capture)
+    for i, name in ours.items():
+        stock, args = layers[i], rows[i][3]
+        if not isinstance(stock, C2PSA):
+            raise ValueError(
+                f"layer {i} ({name}): expected the stand-in {_STAND_IN}, got {type(stock).__name__}"
+            )
+        cls = MODULES[name]
+        c1, c2 = stock.cv1.conv.in_channels, stock.cv2.conv.out_channels
+        layer = cls(c1, c2, n=len(stock.m), e=float(args[1]) if len(args) > 1 else 0.5)  # C2PSA(c1, c2, n, e)
+        if layer.c != stock.c:
+            raise ValueError(
+                f"layer {i} ({name}): hidden channels {layer.c} differ from {_STAND_IN}'s {stock.c}"
+            )
+        shared = {k: v for k, v in stock.state_dict().items() if ".attn." not in k}
+        missing, unexpected = layer.load_state_dict(shared, strict=False)  # stock init outside the mixer
+        if unexpected or any(".attn." not in k for k in missing):
+            raise ValueError(
+                f"layer {i} ({name}): parameters differ from {_STAND_IN}'s outside attn: {unexpected}"
+            )
+        layer.np = sum(p.numel() for p in layer.parameters())
+        layer.i, layer.f, layer.type = stock.i, stock.f, f"{cls.__module__}.{cls.__qualname__}"
+        layers[i] = layer
+    for message in capture.messages:  # the stock table, with our layers' names and sizes
+        idx = message[:3].strip()
+        if idx.isdigit() and int(idx) in ours and _STAND_IN in message:
+            message = _table_line(message, layers[int(idx)])
+        _tasks.LOGGER.info(message)
+    return layers, save
+
+
+def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
+    """``check_yaml`` that also finds the model YAMLs shipped in :data:`CFG_DIR` by bare name."""
+    name = str(file).strip()
+    if name and os.path.basename(name) == name and not os.path.exists(name) and (CFG_DIR / name).is_file():
+        return str(CFG_DIR / name)
+    return _stock_check_yaml(file, suffix=suffix, hard=hard)
+
+
+def _register() -> None:
+    global _stock_parse_model, _stock_check_yaml
+    if getattr(_tasks.parse_model, "_tssa_wrapped", False):  # already registered in this process
+        _stock_parse_model = _tasks.parse_model._tssa_stock
+        _stock_check_yaml = _tasks.check_yaml._tssa_stock
+        return
+    _stock_parse_model, _stock_check_yaml = _tasks.parse_model, _tasks.check_yaml
+    for name, cls in MODULES.items():
+        setattr(_tasks, name, cls)
+    _parse_model._tssa_wrapped, _parse_model._tssa_stock = True, _stock_parse_model
+    _check_yaml._tssa_wrapped, _check_yaml._tssa_stock = True, _stock_check_yaml
+    _tasks.parse_model = _parse_model
+    _tasks.check_yaml = _check_yaml
+
+
+_stock_parse_model = _tasks.parse_model
+_stock_check_yaml = _tasks.check_yaml
+_register()
