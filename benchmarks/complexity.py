@@ -378,17 +378,23 @@ class _Prepared:
     tokens: int | None = None  # model cells: the most tokens any attention layer sees
 
 
-def _warm_up(step: Callable[[], None], device: str, timeout_s: float) -> float:
-    """One plain call (warm-up); its seconds, or CellTimeout when it passes ``timeout_s``."""
-    _sync(device)
-    t0 = time.perf_counter()
+def _first_call(step: Callable[[], None], device: str, existing, timeout_s: float) -> tuple[int, int, float]:
+    """The counted call of a cell: (extra peak bytes, FLOPs, seconds); it is also the CPU warm-up.
+
+    On CUDA one plain call runs first (lazy initialisation, library workspaces). A call past
+    ``timeout_s`` raises :class:`CellTimeout`.
+    """
     with _alarm(2 * timeout_s):
-        step()
+        if device.startswith("cuda"):
+            step()
+            _sync(device)
+        t0 = time.perf_counter()
+        peak, flops = peak_and_flops(step, device, existing=existing)
         _sync(device)
     first = time.perf_counter() - t0
     if first > timeout_s:
         raise CellTimeout(f"one call took {first:.1f} s, over the time limit of {timeout_s:g} s")
-    return first
+    return peak, flops, first
 
 
 # ------------------------------------------------------------------------------------ operator
@@ -411,8 +417,7 @@ def _op_static_rows(case: OpCase, fn, args, step, ctx: dict) -> tuple[list, floa
             note=note,
         ),
     ]
-    first = _warm_up(step, case.device, ctx["timeout_s"])
-    peak, flops = peak_and_flops(step, case.device, existing=step.inputs)
+    peak, flops, first = _first_call(step, case.device, step.inputs, ctx["timeout_s"])
     rows.append(mk(case, "flops_torch", flops, "FLOPs", counter="torch.utils.flop_counter.FlopCounterMode"))
     if case.pass_ == "fwd":
         with warnings.catch_warnings():
@@ -787,9 +792,8 @@ def _model_context(
 
         extra = {"attn_tokens": tokens, "params": sum(p.numel() for p in model.parameters())}
         rows = []
-        first = _warm_up(step, device, timeout_s)
         existing = [x, *model.parameters(), *model.buffers()]
-        peak, flops = peak_and_flops(step, device, existing=existing)
+        peak, flops, first = _first_call(step, device, existing, timeout_s)
         tok = max(tokens) if tokens else None
         rows.append(_with_tokens(row(case, "flops_torch", flops, "FLOPs", **extra), tok))
         if not grad:
