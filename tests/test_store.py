@@ -137,7 +137,7 @@ def test_embedded_suites_load_with_defaults():
     cpu = load_suite("cpu")
     assert cpu["name"] == "cpu" and cpu["device"] == "cpu" and cpu["threads"] == 1
     op = cpu["complexity"]["operator"]
-    assert op["tokens"] == sorted(op["tokens"]) and op["tokens"][0] == 256 and op["tokens"][-1] >= 16384
+    assert op["tokens"] == sorted(op["tokens"]) and 256 in op["tokens"] and op["tokens"][-1] >= 16384
     assert set(op["passes"]) == {"fwd", "fwd+bwd"}
     gpu = load_suite("gpu")
     assert gpu["device"] == "cuda" and gpu["complexity"]["operator"]["tokens"][-1] == 65536
