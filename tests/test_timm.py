@@ -347,7 +347,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
     """What train.py does, in miniature: generated ImageFolder -> timm loader -> timm optimizer (weight
     decay groups from no_weight_decay) -> a few steps on the loss; the loss falls on a separable task."""
     from PIL import Image
-    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.data import create_dataset, create_loader, resolve_input_data_config
     from timm.optim import create_optimizer_v2
 
     g = torch.Generator().manual_seed(0)
@@ -359,7 +359,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
             Image.fromarray(img).save(tmp_path / cls / f"{i}.png")
     torch.manual_seed(0)
     model = timm.create_model("tost_tiny_12_p16_224", num_classes=2, img_size=32)
-    cfg = resolve_data_config({}, model=model)
+    cfg = resolve_input_data_config(model, {"img_size": 32})  # as the scripts do with --img-size 32
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
     loader = create_loader(
         create_dataset("", root=str(tmp_path)),

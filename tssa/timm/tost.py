@@ -674,7 +674,7 @@ def checkpoint_filter_fn(state_dict: dict, model: ToST) -> dict:
 
 def _create_tost(variant: str, pretrained: bool = False, **kwargs) -> ToST:
     out_indices = kwargs.pop("out_indices", 3)
-    model = build_model_with_cfg(
+    return build_model_with_cfg(
         ToST,
         variant,
         pretrained,
@@ -682,13 +682,6 @@ def _create_tost(variant: str, pretrained: bool = False, **kwargs) -> ToST:
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
-    if "img_size" in kwargs or "in_chans" in kwargs:  # data pipelines read the size from pretrained_cfg
-        base = model if isinstance(model, ToST) else model.model  # features_only wraps the model
-        h, w = to_2tuple(kwargs.get("img_size", base.pretrained_cfg["input_size"][-2:]))
-        cfg = dict(base.pretrained_cfg, input_size=(base.in_chans, h, w))
-        cfg["pool_size"] = (h // base.patch_size, w // base.patch_size)
-        base.pretrained_cfg = base.default_cfg = cfg
-    return model
 
 
 def _cfg(patch_size: int, **kwargs) -> dict:
