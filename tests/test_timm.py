@@ -385,3 +385,29 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
             opt.step()
             losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_model_calls_of_timm_scripts(tmp_path):
+    """The calls validate.py and benchmark.py make on a model: resolve_model_input_args -> create_model
+    (scriptable, None-valued options) -> load_checkpoint -> torch.jit.script; fvcore flop counting."""
+    from timm.models import load_checkpoint, resolve_model_input_args
+
+    torch.manual_seed(0)
+    src = timm.create_model("tost_tiny_12_p16_224", num_classes=3).eval()
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"state_dict": src.state_dict(), "epoch": 1}, path)
+    kwargs = resolve_model_input_args(
+        "tost_tiny_12_p16_224",
+        {"img_size": 64},
+        pretrained=False,
+        num_classes=3,
+        global_pool=None,
+        scriptable=True,
+    )
+    model = timm.create_model(**kwargs, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None).eval()
+    load_checkpoint(model, str(path))
+    x = torch.randn(2, 3, 64, 64)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x), src(x), rtol=1e-4, atol=1e-5)
+    fvcore = pytest.importorskip("fvcore.nn")
+    assert fvcore.FlopCountAnalysis(model, x).unsupported_ops_warnings(False).total() > 0
