@@ -423,17 +423,15 @@ def _op_static_rows(case: OpCase, fn, args, step, ctx: dict) -> tuple[list, floa
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             macs, unsupported = count_macs_fvcore(fn, *args)
-        rows.append(
-            mk(
-                case,
-                "macs_fvcore",
-                macs,
-                "MACs",
-                counter="fvcore",
-                unsupported=unsupported,
-                complete=not unsupported,
-            )
-        )
+        opaque = sorted(k for k in unsupported if k.startswith("prim::PythonOp"))
+        if opaque:  # a custom autograd function is one opaque node to the tracer: its count would be 0
+            msg = f"fvcore cannot count inside {', '.join(opaque)} (a custom autograd function)"
+            rows.append(ctx["error"](case, msg, metric="macs_fvcore"))
+        else:
+            rows.append(
+                mk(case, "macs_fvcore", macs, "MACs", counter="fvcore", unsupported=unsupported,
+                   complete=not unsupported)
+            )  # fmt: skip
     rows.append(mk(case, "peak_mib", peak / MIB, "MiB", bytes=peak, tracker=ctx["tracker"]))
     if case.device == "cpu" and case.tokens <= ctx["profile_max_tokens"]:
         ppeak = profiler_peak_bytes(step)
@@ -518,10 +516,10 @@ def _op_context(
             tokens=case.tokens, pass_=case.pass_, prov=prov, **case.extra(), **extra,
         )  # fmt: skip
 
-    def error(case: OpCase, reason: str):
+    def error(case: OpCase, reason: str, metric: str = "error"):
         return error_row(
-            suite, KIND, case.cell, case.variant, reason, seed=seed, tokens=case.tokens, pass_=case.pass_,
-            prov=prov, **case.extra(),
+            suite, KIND, case.cell, case.variant, reason, metric=metric, seed=seed, tokens=case.tokens,
+            pass_=case.pass_, prov=prov, **case.extra(),
         )  # fmt: skip
 
     ctx: dict[str, Any] = {

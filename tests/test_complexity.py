@@ -187,6 +187,13 @@ def test_three_point_sweep_writes_well_formed_rows_and_resumes(tmp_path):
     assert cx.run_operator_sweep("t", suite, store, log=lambda *_: None) == []  # resume: nothing left
 
 
+def test_fvcore_on_a_custom_autograd_function_is_an_error_row_not_zero():
+    rows = cx.run_operator_cell("tssa:lean", tokens=64, dim=32, heads=4, pass_="fwd", min_run_time=0.01)
+    fv = [r for r in rows if r["metric"] == "macs_fvcore"]
+    assert len(fv) == 1 and fv[0]["value"] is None and "custom autograd function" in fv[0]["error"]
+    assert all(r["error"] is None for r in rows if r["metric"] != "macs_fvcore")
+
+
 def test_a_failing_cell_becomes_an_error_row(tmp_path, monkeypatch):
     real = cx.build_operator
 
