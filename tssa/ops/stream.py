@@ -8,12 +8,12 @@ cache, so that every full-size temporary of the eager formulation disappears:
 
 - forward: one pass for the column energies ``colsq[h, d] = sum_n w^2``, one pass for the
   memberships ``Pi`` and the weighted second moment ``m``, one pass writing ``Y = -Pi w g``;
-- backward: three passes of the same kind (see :mod:`tssa.ops.lean` for the equations); the only
-  full-size tensor it allocates is ``dW`` itself.
+- backward: three passes of the same kind (see :mod:`tssa.ops.lean` for the equations), each
+  recomputing the chunk's memberships; the only full-size tensor it allocates is ``dW`` itself.
 
 Per-head contractions (``sum_d w^2 r``, ``sum_n Pi w^2``) are broadcast products reduced inside the
-chunk; the softmax over heads runs on (B, H, n) blocks. Saved for backward: ``w``, ``Pi`` (B, H, N)
-and (B, H, D) statistics. Statistics and chunk arithmetic run in float32 for float16/bfloat16 inputs.
+chunk; the softmax over heads runs on (B, H, n) blocks. Saved for backward: ``w`` and (B, H, D)
+statistics; backward holds one (B, H, N) buffer besides ``dW``. Statistics and chunk arithmetic run in float32 for float16/bfloat16 inputs.
 
 >>> w = torch.randn(2, 4, 197, 48)
 >>> tssa_stream(w, torch.ones(4)).shape
@@ -29,12 +29,15 @@ from .naive import MEMBERSHIP_EPS, NORM_EPS
 __all__ = ["tssa_stream", "chunk_tokens"]
 
 _SQ_EPS = NORM_EPS * NORM_EPS  # the norm floor, squared
-_CHUNK_ELEMS = 1 << 17  # elements of one (chunk, C) block: 512 KiB in fp32, half of a 1 MiB L2
+_CHUNK_ELEMS = 1 << 16  # elements of one (chunk, C) block: 256 KiB in fp32, a quarter of a 1 MiB L2
 
 
-def chunk_tokens(channels: int) -> int:
-    """Tokens per chunk for ``channels`` = H * D features (depends on C only, so results are deterministic)."""
-    return max(16, _CHUNK_ELEMS // max(channels, 1))
+def chunk_tokens(channels: int, tokens: int | None = None) -> int:
+    """Tokens per chunk for ``channels`` = H * D features: a chunk of about 256 KiB, and at most a
+    quarter of ``tokens`` so that chunk temporaries stay small next to the full-size tensors.
+    Depends on the shape only, so results are deterministic."""
+    step = max(16, _CHUNK_ELEMS // max(channels, 1))
+    return step if tokens is None else max(16, min(step, -(-tokens // 4)))
 
 
 def _stat_dtype(w: torch.Tensor) -> torch.dtype:
@@ -54,7 +57,7 @@ class _TSSAStream(torch.autograd.Function):
         dt = _stat_dtype(w)
         wt = _token_major(w).view(bsz, n, c)  # (B, N, C), physical token-major layout
         tau_f = tau.to(dt).view(1, h, 1)
-        step = chunk_tokens(c)
+        step = chunk_tokens(c, n)
         colsq = wt.new_zeros(bsz, c, dtype=dt)  # (B, C): sum_n w^2 per feature column
         for n0 in range(0, n, step):
             x = wt[:, n0 : n0 + step].to(dt)  # (B, n, C)
@@ -66,7 +69,7 @@ class _TSSAStream(torch.autograd.Function):
         for n0 in range(0, n, step):
             x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)  # (B, n, H, D)
             sq4 = x4 * x4
-            p = _memberships(sq4, r4, tau_f, bias, n0, d)  # (B, H, n)
+            p = torch.softmax(_head_energy(sq4, r4, bias, n0, d).mul_(tau_f), dim=1)  # (B, H, n)
             pi[:, :, n0 : n0 + step] = p
             mnum += (sq4 * p.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
         total = pi.sum(dim=-1) + MEMBERSHIP_EPS  # (B, H)
@@ -82,47 +85,50 @@ class _TSSAStream(torch.autograd.Function):
                 torch.mul(x4, p4, out=y4).mul_(neg_g4)  # -Pi w g, in two cache-resident passes
             else:
                 y[:, n0 : n0 + step] = x4.to(dt).mul(p4).mul_(neg_g4)
-        ctx.save_for_backward(w, tau, bias, pi, r4, colsq, total, m, g)
+        ctx.save_for_backward(w, tau, bias, r4, colsq, total, m, g)  # Pi is recomputed chunk by chunk
         return y.transpose(1, 2)  # (B, H, N, D) view of the token-major buffer
 
     @staticmethod
     def backward(ctx, grad):
-        w, tau, bias, pi, r4, colsq, total, m, g = ctx.saved_tensors
+        w, tau, bias, r4, colsq, total, m, g = ctx.saved_tensors
         bsz, h, n, d = w.shape
         c = h * d
-        dt = pi.dtype
+        dt = g.dtype
         wt = _token_major(w).view(bsz, n, c)  # (B, N, C)
         gt = _token_major(grad).view(bsz, n, c)  # (B, N, C)
         tau_f = tau.to(dt).view(1, h, 1)
-        step = chunk_tokens(c)
+        step = chunk_tokens(c, n)
         g4 = g.unsqueeze(1)  # (B, 1, H, D)
+
+        def chunk(t, n0):  # (B, N, C) -> one chunk (B, n, H, D) in the statistics dtype
+            return t[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)
+
         # pass A: dPi1 = -sum_d G w g, and P = sum_n Pi G w (per head, per feature)
-        dpi = torch.empty_like(pi)  # (B, H, N)
-        pgw = pi.new_zeros(bsz, h, d)  # (B, H, D)
+        dpi = g.new_empty(bsz, h, n)  # (B, H, N)
+        pgw = g.new_zeros(bsz, h, d)  # (B, H, D)
         for n0 in range(0, n, step):
-            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)  # (B, n, H, D)
-            gw4 = (
-                gt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d) * x4
-            )  # G w (a new tensor: never write to G)
+            x4 = chunk(wt, n0)  # (B, n, H, D)
+            p4 = _memberships(x4, r4, tau_f, bias, n0, d).transpose(1, 2).unsqueeze(-1)  # (B, n, H, 1)
+            gw4 = chunk(gt, n0) * x4  # G w (a new tensor: never write to G)
             dpi[:, :, n0 : n0 + step] = (gw4 * g4).sum(dim=-1).transpose(1, 2).neg_()  # (B, H, n)
-            pgw += (gw4.mul_(pi[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1))).sum(dim=1)
+            pgw += gw4.mul_(p4).sum(dim=1)
         da = g * g * pgw / total.unsqueeze(-1)  # (B, H, D): dm / total
         dtotal = -(da * m).sum(dim=-1, keepdim=True)  # (B, H, 1)
         da4 = da.unsqueeze(1)  # (B, 1, H, D)
         # pass B: dPi, the softmax backward over heads, dr = sum_n tau dS w^2, dtau = sum_n dS q
         tds = dpi  # (B, H, N), overwritten chunk by chunk
-        drm = pi.new_zeros(bsz, h, d)  # (B, H, D)
-        dtau = pi.new_zeros(h)
+        drm = g.new_zeros(bsz, h, d)  # (B, H, D)
+        dtau = g.new_zeros(h)
         for n0 in range(0, n, step):
-            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)
+            x4 = chunk(wt, n0)
             sq4 = x4 * x4  # (B, n, H, D)
-            p = pi[:, :, n0 : n0 + step]  # (B, H, n)
+            q = _head_energy(sq4, r4, bias, n0, d)  # (B, H, n)
+            p = torch.softmax(q * tau_f, dim=1)  # (B, H, n)
             dp = (sq4 * da4).sum(dim=-1).transpose(1, 2).add_(dpi[:, :, n0 : n0 + step]).add_(dtotal)
             ds = p * (dp - (p * dp).sum(dim=1, keepdim=True))  # (B, H, n): softmax over heads
-            q = _head_energy(sq4, r4, bias, n0, d)  # (B, H, n)
             dtau += (ds * q).sum(dim=(0, 2))
             td = ds.mul_(tau_f)  # (B, H, n)
-            drm += (sq4.mul_(td.transpose(1, 2).unsqueeze(-1))).sum(dim=1)
+            drm += sq4.mul_(td.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
             tds[:, :, n0 : n0 + step] = td
         r = r4.squeeze(1)  # (B, H, D)
         dcol = torch.where(colsq > _SQ_EPS, -r * r * drm, torch.zeros_like(drm))  # (B, H, D)
@@ -130,15 +136,16 @@ class _TSSAStream(torch.autograd.Function):
         da2, r2, dcol2, neg_g4 = 2 * da4, 2 * r4, 2 * dcol.unsqueeze(1), g4.neg()
         dw = torch.empty(bsz, n, h, d, dtype=w.dtype, device=w.device)  # (B, N, H, D)
         for n0 in range(0, n, step):
-            p4 = pi[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1)  # (B, n, H, 1)
+            x4 = chunk(wt, n0)
+            p4 = _memberships(x4, r4, tau_f, bias, n0, d).transpose(1, 2).unsqueeze(-1)  # (B, n, H, 1)
             t4 = tds[:, :, n0 : n0 + step].transpose(1, 2).unsqueeze(-1)
-            x4 = wt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d)
-            coef = torch.addcmul(dcol2, p4, da2).addcmul_(t4, r2).mul_(x4)  # (B, n, H, D)
-            gp = gt[:, n0 : n0 + step].to(dt).view(bsz, -1, h, d).mul(p4)  # G Pi
-            if dt == w.dtype:
-                torch.addcmul(coef, gp, neg_g4, out=dw[:, n0 : n0 + step])
+            coef = torch.addcmul(dcol2, p4, da2).addcmul_(t4, r2)  # (B, n, H, D)
+            if dt == w.dtype:  # accumulate in the output chunk: one temporary per chunk
+                out = dw[:, n0 : n0 + step]
+                torch.mul(chunk(gt, n0), p4, out=out).mul_(neg_g4).addcmul_(coef, x4)
             else:
-                dw[:, n0 : n0 + step] = coef.addcmul_(gp, neg_g4)
+                dw[:, n0 : n0 + step] = coef.mul_(x4).addcmul_(chunk(gt, n0) * p4, neg_g4)
+            del coef  # before the next chunk's temporaries exist
         dtau_out = dtau.to(tau.dtype) if ctx.needs_input_grad[1] else None
         dbias = None
         if bias is not None and ctx.needs_input_grad[2]:
@@ -154,9 +161,14 @@ def _head_energy(sq4, r4, bias, n0, d):
     return q
 
 
-def _memberships(sq4, r4, tau, bias, n0, d):
-    """``Pi = softmax over heads of tau q`` of one chunk: (B, H, n), contiguous (softmax over dim 1)."""
-    return torch.softmax(_head_energy(sq4, r4, bias, n0, d).mul_(tau), dim=1)
+def _memberships(x4, r4, tau, bias, n0, d):
+    """``Pi = softmax over heads of tau q`` of one chunk (B, n, H, D) -> (B, H, n), contiguous.
+
+    One chunk-sized temporary (``w^2 r`` built in place)."""
+    q = (x4 * x4).mul_(r4).sum(dim=-1).transpose(1, 2).contiguous()  # (B, H, n)
+    if bias is not None:
+        q += d * bias[:, n0 : n0 + q.shape[-1]].to(q.dtype)  # (H, n) broadcast over B
+    return torch.softmax(q.mul_(tau), dim=1)
 
 
 def tssa_stream(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
