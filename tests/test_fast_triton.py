@@ -18,9 +18,10 @@ import torch
 pytest.importorskip("triton")
 
 # (B, H, N, D), bias, token-major: one token, odd N over several blocks, D = 60 (padded to 64),
-# H = 3 (padded to 4), H = 1, B > 1
+# H = 3 (padded to 4), H = 1, B > 1, and N = 600 over three programs of 256 tokens per reduction
 CASES = [
     ((1, 1, 1, 8), False, False),
+    ((1, 2, 600, 8), True, False),
     ((2, 3, 70, 12), True, True),
     ((1, 4, 33, 60), False, False),
     ((2, 2, 131, 5), True, False),

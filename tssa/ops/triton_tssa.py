@@ -37,21 +37,28 @@ __all__ = ["tssa_triton", "MAX_HEAD_DIM", "MAX_HEADS"]
 _SQ_EPS = NORM_EPS * NORM_EPS
 MAX_HEAD_DIM = 256
 MAX_HEADS = 64
-_BLOCK_N_2D = 64  # tokens per program of the per-head kernels
+_BLOCK_N_2D = 64  # tokens per block of the per-head kernels
+_TOKENS_PER_PROGRAM = 256  # tokens one reducing program sums over (token blocks x ITERS)
 
 
 @triton.jit
-def _colsq(W, P, N, H, D, s_b, s_h, s_n, s_d, NBLK, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _colsq(
+    W, P, N, H, D, s_b, s_h, s_n, s_d, NBLK,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
+):  # fmt: skip
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     od = tl.arange(0, BLOCK_D)
-    mask = (on[:, None] < N) & (od[None, :] < D)
-    x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
-    x = x.to(tl.float32)
-    tl.store(P + (pid_bh * NBLK + pid_n) * BLOCK_D + od, tl.sum(x * x, axis=0))
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for it in range(ITERS):  # ITERS token blocks per program: fewer partial sums to finish
+        on = (pid_n * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = (on[:, None] < N) & (od[None, :] < D)
+        x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        acc += tl.sum(x * x, axis=0)
+    tl.store(P + (pid_bh * NBLK + pid_n) * BLOCK_D + od, acc)
 
 
 @triton.jit
@@ -59,33 +66,41 @@ def _fwd_stats(
     W, R, TAU, BIAS, PI, PM, PT,
     N, H, D, s_b, s_h, s_n, s_d, NBLK,
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ITERS: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     pid_n = tl.program_id(1)
     oh = tl.arange(0, BLOCK_H)
-    on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     od = tl.arange(0, BLOCK_D)
     h3 = oh[:, None, None]
-    n3 = on[None, :, None]
     d3 = od[None, None, :]
-    x = tl.load(W + b * s_b + h3 * s_h + n3 * s_n + d3 * s_d, mask=(h3 < H) & (n3 < N) & (d3 < D), other=0.0)
-    x = x.to(tl.float32)
-    sq = x * x  # (BH, BN, BD)
     hd_mask = (oh[:, None] < H) & (od[None, :] < D)
-    hn_mask = (oh[:, None] < H) & (on[None, :] < N)
     r = tl.load(R + (b * H + oh[:, None]) * D + od[None, :], mask=hd_mask, other=0.0)  # (BH, BD)
-    q = tl.sum(sq * r[:, None, :], axis=2)  # (BH, BN)
-    if HAS_BIAS:
-        q += D * tl.load(BIAS + oh[:, None] * N + on[None, :], mask=hn_mask, other=0.0).to(tl.float32)
     tau = tl.load(TAU + oh, mask=oh < H, other=0.0).to(tl.float32)
-    s = tl.where(oh[:, None] < H, tau[:, None] * q, float("-inf"))
-    e = tl.exp(s - tl.max(s, axis=0)[None, :])
-    pi = e / tl.sum(e, axis=0)[None, :]  # softmax over heads
-    pi = tl.where(on[None, :] < N, pi, 0.0)  # padding tokens count for nothing
-    tl.store(PI + (b * H + oh[:, None]) * N + on[None, :], pi, mask=hn_mask)
+    pm = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    pt = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for it in range(ITERS):
+        on = (pid_n * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n3 = on[None, :, None]
+        hn_mask = (oh[:, None] < H) & (on[None, :] < N)
+        x = tl.load(
+            W + b * s_b + h3 * s_h + n3 * s_n + d3 * s_d, mask=(h3 < H) & (n3 < N) & (d3 < D), other=0.0
+        )
+        x = x.to(tl.float32)
+        sq = x * x  # (BH, BN, BD)
+        q = tl.sum(sq * r[:, None, :], axis=2)  # (BH, BN)
+        if HAS_BIAS:
+            q += D * tl.load(BIAS + oh[:, None] * N + on[None, :], mask=hn_mask, other=0.0).to(tl.float32)
+        s = tl.where(oh[:, None] < H, tau[:, None] * q, float("-inf"))
+        e = tl.exp(s - tl.max(s, axis=0)[None, :])
+        pi = e / tl.sum(e, axis=0)[None, :]  # softmax over heads
+        pi = tl.where(on[None, :] < N, pi, 0.0)  # padding tokens count for nothing
+        tl.store(PI + (b * H + oh[:, None]) * N + on[None, :], pi, mask=hn_mask)
+        pm += tl.sum(pi[:, :, None] * sq, axis=1)
+        pt += tl.sum(pi, axis=1)
     base = (b * NBLK + pid_n) * BLOCK_H
-    tl.store(PM + (base + oh[:, None]) * BLOCK_D + od[None, :], tl.sum(pi[:, :, None] * sq, axis=1))
-    tl.store(PT + base + oh, tl.sum(pi, axis=1))
+    tl.store(PM + (base + oh[:, None]) * BLOCK_D + od[None, :], pm)
+    tl.store(PT + base + oh, pt)
 
 
 @triton.jit
@@ -113,22 +128,25 @@ def _fwd_out(
 def _bwd_a(
     W, GR, PI, G, DPI, P1,
     N, H, D, s_b, s_h, s_n, s_d, g_b, g_h, g_n, g_d, NBLK,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     od = tl.arange(0, BLOCK_D)
-    mask = (on[:, None] < N) & (od[None, :] < D)
-    x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
-    gr = tl.load(GR + b * g_b + h * g_h + on[:, None] * g_n + od[None, :] * g_d, mask=mask, other=0.0)
-    gw = gr.to(tl.float32) * x.to(tl.float32)
-    pi = tl.load(PI + pid_bh * N + on, mask=on < N, other=0.0)
     g = tl.load(G + pid_bh * D + od, mask=od < D, other=0.0)
-    tl.store(DPI + pid_bh * N + on, -tl.sum(gw * g[None, :], axis=1), mask=on < N)
-    tl.store(P1 + (pid_bh * NBLK + pid_n) * BLOCK_D + od, tl.sum(pi[:, None] * gw, axis=0))
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for it in range(ITERS):
+        on = (pid_n * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = (on[:, None] < N) & (od[None, :] < D)
+        x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
+        gr = tl.load(GR + b * g_b + h * g_h + on[:, None] * g_n + od[None, :] * g_d, mask=mask, other=0.0)
+        gw = gr.to(tl.float32) * x.to(tl.float32)
+        pi = tl.load(PI + pid_bh * N + on, mask=on < N, other=0.0)
+        tl.store(DPI + pid_bh * N + on, -tl.sum(gw * g[None, :], axis=1), mask=on < N)
+        acc += tl.sum(pi[:, None] * gw, axis=0)
+    tl.store(P1 + (pid_bh * NBLK + pid_n) * BLOCK_D + od, acc)
 
 
 @triton.jit
@@ -136,38 +154,46 @@ def _bwd_b(
     W, PI, DPI, DA, DTOT, R, TAU, BIAS, TDS, PDR, PDT,
     N, H, D, s_b, s_h, s_n, s_d, NBLK,
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ITERS: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     pid_n = tl.program_id(1)
     oh = tl.arange(0, BLOCK_H)
-    on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     od = tl.arange(0, BLOCK_D)
     h3 = oh[:, None, None]
-    n3 = on[None, :, None]
     d3 = od[None, None, :]
-    x = tl.load(W + b * s_b + h3 * s_h + n3 * s_n + d3 * s_d, mask=(h3 < H) & (n3 < N) & (d3 < D), other=0.0)
-    x = x.to(tl.float32)
-    sq = x * x  # (BH, BN, BD)
     hd_mask = (oh[:, None] < H) & (od[None, :] < D)
-    hn_mask = (oh[:, None] < H) & (on[None, :] < N)
     hd_off = (b * H + oh[:, None]) * D + od[None, :]
-    hn_off = (b * H + oh[:, None]) * N + on[None, :]
     r = tl.load(R + hd_off, mask=hd_mask, other=0.0)
     da = tl.load(DA + hd_off, mask=hd_mask, other=0.0)
     dtot = tl.load(DTOT + b * H + oh, mask=oh < H, other=0.0)
-    pi = tl.load(PI + hn_off, mask=hn_mask, other=0.0)  # zero on padding heads and tokens
-    dpi = tl.load(DPI + hn_off, mask=hn_mask, other=0.0)
-    dpi += tl.sum(sq * da[:, None, :], axis=2) + dtot[:, None]
-    ds = pi * (dpi - tl.sum(pi * dpi, axis=0)[None, :])  # softmax backward over heads
-    q = tl.sum(sq * r[:, None, :], axis=2)
-    if HAS_BIAS:
-        q += D * tl.load(BIAS + oh[:, None] * N + on[None, :], mask=hn_mask, other=0.0).to(tl.float32)
     tau = tl.load(TAU + oh, mask=oh < H, other=0.0).to(tl.float32)
-    tds = tau[:, None] * ds
-    tl.store(TDS + hn_off, tds, mask=hn_mask)
+    pdr = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    pdt = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for it in range(ITERS):
+        on = (pid_n * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n3 = on[None, :, None]
+        hn_mask = (oh[:, None] < H) & (on[None, :] < N)
+        hn_off = (b * H + oh[:, None]) * N + on[None, :]
+        x = tl.load(
+            W + b * s_b + h3 * s_h + n3 * s_n + d3 * s_d, mask=(h3 < H) & (n3 < N) & (d3 < D), other=0.0
+        )
+        x = x.to(tl.float32)
+        sq = x * x  # (BH, BN, BD)
+        pi = tl.load(PI + hn_off, mask=hn_mask, other=0.0)  # zero on padding heads and tokens
+        dpi = tl.load(DPI + hn_off, mask=hn_mask, other=0.0)
+        dpi += tl.sum(sq * da[:, None, :], axis=2) + dtot[:, None]
+        ds = pi * (dpi - tl.sum(pi * dpi, axis=0)[None, :])  # softmax backward over heads
+        q = tl.sum(sq * r[:, None, :], axis=2)
+        if HAS_BIAS:
+            q += D * tl.load(BIAS + oh[:, None] * N + on[None, :], mask=hn_mask, other=0.0).to(tl.float32)
+        tds = tau[:, None] * ds
+        tl.store(TDS + hn_off, tds, mask=hn_mask)
+        pdr += tl.sum(tds[:, :, None] * sq, axis=1)
+        pdt += tl.sum(ds * q, axis=1)
     base = (b * NBLK + pid_n) * BLOCK_H
-    tl.store(PDR + (base + oh[:, None]) * BLOCK_D + od[None, :], tl.sum(tds[:, :, None] * sq, axis=1))
-    tl.store(PDT + base + oh, tl.sum(ds * q, axis=1))
+    tl.store(PDR + (base + oh[:, None]) * BLOCK_D + od[None, :], pdr)
+    tl.store(PDT + base + oh, pdt)
 
 
 @triton.jit
@@ -206,6 +232,12 @@ def _blocks(h: int, d: int) -> tuple[int, int, int]:
     return bh, max(1, min(64, 4096 // (bh * bd))), bd
 
 
+def _grid_n(n: int, block_n: int) -> tuple[int, int]:
+    """(ITERS, programs along the tokens) of a reducing kernel with ``block_n`` tokens per block."""
+    iters = max(1, _TOKENS_PER_PROGRAM // block_n)
+    return iters, triton.cdiv(n, block_n * iters)
+
+
 def _token_major_empty(w: torch.Tensor) -> torch.Tensor:
     """An uninitialised (B, H, N, D) tensor laid out as (B, N, H, D), so merging heads is a view."""
     b, h, n, d = w.shape
@@ -219,19 +251,22 @@ class _TSSATriton(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=w.device)
         bh, bn3, bd = _blocks(h, d)
         nb2 = triton.cdiv(n, _BLOCK_N_2D)
-        nb3 = triton.cdiv(n, bn3)
-        part = torch.empty(bsz * h, nb2, bd, **f32)
-        _colsq[(bsz * h, nb2)](w, part, n, h, d, *w.stride(), nb2, BLOCK_N=_BLOCK_N_2D, BLOCK_D=bd)
+        it2, nr2 = _grid_n(n, _BLOCK_N_2D)
+        it3, nr3 = _grid_n(n, bn3)
+        part = torch.empty(bsz * h, nr2, bd, **f32)
+        _colsq[(bsz * h, nr2)](
+            w, part, n, h, d, *w.stride(), nr2, BLOCK_N=_BLOCK_N_2D, BLOCK_D=bd, ITERS=it2
+        )  # fmt: skip
         colsq = part.sum(dim=1)[:, :d].reshape(bsz, h, d)  # (B, H, D)
         r = (1.0 / colsq.clamp_min(_SQ_EPS)).contiguous()
         tau_c = tau.contiguous()
         bias_c = bias.contiguous() if bias is not None else r  # a dummy pointer when there is no bias
         pi = torch.empty(bsz, h, n, **f32)
-        pm = torch.empty(bsz, nb3, bh, bd, **f32)
-        pt = torch.empty(bsz, nb3, bh, **f32)
-        _fwd_stats[(bsz, nb3)](
-            w, r, tau_c, bias_c, pi, pm, pt, n, h, d, *w.stride(), nb3,
-            HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_N=bn3, BLOCK_D=bd,
+        pm = torch.empty(bsz, nr3, bh, bd, **f32)
+        pt = torch.empty(bsz, nr3, bh, **f32)
+        _fwd_stats[(bsz, nr3)](
+            w, r, tau_c, bias_c, pi, pm, pt, n, h, d, *w.stride(), nr3,
+            HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_N=bn3, BLOCK_D=bd, ITERS=it3,
         )  # fmt: skip
         total = pt.sum(dim=1)[:, :h] + MEMBERSHIP_EPS  # (B, H)
         m = pm.sum(dim=1)[:, :h, :d] / total.unsqueeze(-1)  # (B, H, D)
@@ -250,22 +285,23 @@ class _TSSATriton(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=w.device)
         bh, bn3, bd = _blocks(h, d)
         nb2 = triton.cdiv(n, _BLOCK_N_2D)
-        nb3 = triton.cdiv(n, bn3)
+        it2, nr2 = _grid_n(n, _BLOCK_N_2D)
+        it3, nr3 = _grid_n(n, bn3)
         dpi = torch.empty(bsz, h, n, **f32)
-        p1 = torch.empty(bsz * h, nb2, bd, **f32)
-        _bwd_a[(bsz * h, nb2)](
-            w, grad, pi, g, dpi, p1, n, h, d, *w.stride(), *grad.stride(), nb2,
-            BLOCK_N=_BLOCK_N_2D, BLOCK_D=bd,
+        p1 = torch.empty(bsz * h, nr2, bd, **f32)
+        _bwd_a[(bsz * h, nr2)](
+            w, grad, pi, g, dpi, p1, n, h, d, *w.stride(), *grad.stride(), nr2,
+            BLOCK_N=_BLOCK_N_2D, BLOCK_D=bd, ITERS=it2,
         )  # fmt: skip
         da = (g * g * p1.sum(dim=1)[:, :d].reshape(bsz, h, d) / total.unsqueeze(-1)).contiguous()
         dtotal = -(da * m).sum(dim=-1).contiguous()  # (B, H)
         bias_c = bias.contiguous() if bias is not None else r
         tds = torch.empty(bsz, h, n, **f32)
-        pdr = torch.empty(bsz, nb3, bh, bd, **f32)
-        pdt = torch.empty(bsz, nb3, bh, **f32)
-        _bwd_b[(bsz, nb3)](
-            w, pi, dpi, da, dtotal, r, tau, bias_c, tds, pdr, pdt, n, h, d, *w.stride(), nb3,
-            HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_N=bn3, BLOCK_D=bd,
+        pdr = torch.empty(bsz, nr3, bh, bd, **f32)
+        pdt = torch.empty(bsz, nr3, bh, **f32)
+        _bwd_b[(bsz, nr3)](
+            w, pi, dpi, da, dtotal, r, tau, bias_c, tds, pdr, pdt, n, h, d, *w.stride(), nr3,
+            HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_N=bn3, BLOCK_D=bd, ITERS=it3,
         )  # fmt: skip
         dr = pdr.sum(dim=1)[:, :h, :d]  # (B, H, D)
         dcol = torch.where(colsq > _SQ_EPS, -r * r * dr, torch.zeros_like(dr)).contiguous()
