@@ -13,7 +13,9 @@ cache, so that every full-size temporary of the eager formulation disappears:
 
 Per-head contractions (``sum_d w^2 r``, ``sum_n Pi w^2``) are broadcast products reduced inside the
 chunk; the softmax over heads runs on (B, H, n) blocks. Saved for backward: ``w`` and (B, H, D)
-statistics; backward holds one (B, H, N) buffer besides ``dW``. Statistics and chunk arithmetic run in float32 for float16/bfloat16 inputs.
+statistics; backward holds one (B, H, N) buffer besides ``dW``. Statistics and chunk arithmetic run
+in float32 for float16/bfloat16 inputs. Inputs in another layout (e.g. a contiguous (B, H, N, D)
+tensor) are copied to token-major once.
 
 >>> w = torch.randn(2, 4, 197, 48)
 >>> tssa_stream(w, torch.ones(4)).shape
