@@ -75,7 +75,8 @@ def render(rows: list[dict], imgsz: int) -> str:
         f"Counted at a 1x3x{imgsz}x{imgsz} input with `torch.utils.flop_counter.FlopCounterMode` under "
         "`no_grad` (2 FLOPs per multiply-add; every convolution, linear layer and matrix product, so "
         "softmax attention's N x N products count in full; elementwise ops, softmax, BatchNorm, pooling "
-        "and upsampling are not counted). Ultralytics' estimate is `model.info()`'s thop figure.",
+        f"and upsampling are not counted), TSSA through its `{os.environ.get('TSSA_IMPL', 'auto')}` "
+        "implementation. Ultralytics' estimate is `model.info()`'s thop figure.",
         "",
     ]
     by_key = {(r["variant"], r["scale"]): r for r in rows}
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text()
         if text.count(START) != 1 or text.count(END) != 1:
             parser.error(f"--write-readme: {readme} needs exactly one {START} and one {END}")
+    # count the reference equations: faster TSSA paths may reorganise the same work into other ops
+    os.environ.setdefault("TSSA_IMPL", "naive")
     if args.threads:
         import torch
 
