@@ -14,7 +14,7 @@ timm = pytest.importorskip("timm")
 import tssa.timm  # noqa: E402  (registers the family)
 from tssa.nn import TokenStatisticsAttention  # noqa: E402
 from tssa.ops import tssa  # noqa: E402
-from tssa.timm import MODEL_NAMES, FourierPositionalEncoding, ToST, model_args  # noqa: E402
+from tssa.timm import MODEL_NAMES, FourierPositionalEncoding, ToST, checkpoint_filter_fn, model_args  # noqa: E402
 
 SIZES = {"tiny": (192, 4), "small": (384, 8), "medium": (512, 8), "large": (768, 16)}
 
@@ -411,3 +411,16 @@ def test_model_calls_of_timm_scripts(tmp_path):
     torch.testing.assert_close(scripted(x), src(x), rtol=1e-4, atol=1e-5)
     fvcore = pytest.importorskip("fvcore.nn")
     assert fvcore.FlopCountAnalysis(model, x).unsupported_ops_warnings(False).total() > 0
+
+
+def test_filter_maps_xcit_style_names_and_temperature_layouts():
+    model = timm.create_model("tost_xca_tiny_12_p16_224", device="meta")
+    sd = {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
+    sd = {k.replace("pos_embeder.", "pos_embed."): v for k, v in sd.items()}  # timm's XCiT naming
+    sd["blocks.0.attn.temperature"] = torch.arange(4.0)  # (H,) instead of (H, 1, 1)
+    sd["dist_token"] = torch.zeros(1, 1, 192)
+    out = checkpoint_filter_fn({"model": sd}, model)
+    assert out.keys() == model.state_dict().keys()
+    assert (
+        out["blocks.0.attn.temperature"].shape == (4, 1, 1) and out["blocks.0.attn.temperature"][3, 0, 0] == 3
+    )

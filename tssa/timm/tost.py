@@ -658,16 +658,9 @@ def checkpoint_filter_fn(state_dict: dict, model: ToST) -> dict:
                 k = new + k[len(old) :]
         if k.startswith(("dist_token", "head_dist.")) and k not in target:
             continue
-        if (
-            k in target
-            and v.shape != target[k].shape
-            and v.numel() == target[k].numel()
-            and k.endswith("temp")
-        ):
-            v = v.reshape(target[k].shape)
-        if k in target and k.endswith("attn.temperature") and v.shape != target[k].shape:
-            if v.numel() == target[k].numel():
-                v = v.reshape(target[k].shape)
+        is_temperature = k.endswith(("attn.temp", "attn.temperature"))
+        if is_temperature and k in target and v.shape != target[k].shape and v.numel() == target[k].numel():
+            v = v.reshape(target[k].shape)  # (H,) / (H, 1) / (H, 1, 1) layouts of the same values
         out[k] = v
     return out
 
