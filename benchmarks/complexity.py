@@ -929,10 +929,22 @@ def derive(df, fit_min_tokens: int = 1024, reference: str = "sdpa") -> dict[str,
             mine = lat[(lat["variant"] == variant) & (lat["pass"] == pass_)].set_index("tokens")["value"]
             common = sorted(set(ref.index) & set(mine.index))
             if common:
-                cross[(variant, pass_)] = crossover(
-                    common, [mine[n] for n in common], [ref[n] for n in common]
-                )
-    return {"slopes": slopes, "crossover": cross, "reference": reference, "fit_min_tokens": fit_min_tokens}
+                c = crossover(common, [mine[n] for n in common], [ref[n] for n in common])
+                top = common[-1]
+                c.update(n_max=int(top), speedup_at_n_max=float(ref[top] / mine[top]))
+                cross[(variant, pass_)] = c
+    source = {}
+    for key in ("git", "dirty", "device_name", "threads", "torch"):
+        col = f"prov.{key}"
+        if col in ok.columns:
+            source[key] = sorted({str(v) for v in ok[col].dropna()})
+    return {
+        "slopes": slopes,
+        "crossover": cross,
+        "reference": reference,
+        "fit_min_tokens": fit_min_tokens,
+        "source": source,
+    }
 
 
 def derived_markdown(derived: dict[str, Any], command: str) -> str:
@@ -956,7 +968,13 @@ def derived_markdown(derived: dict[str, Any], command: str) -> str:
             text = f"faster at every measured N (from N = {c['n']:.0f})"
         else:
             text = "not faster at the largest measured N"
+        if "speedup_at_n_max" in c:
+            text += f"; {derived['reference']} / TSSA time at N = {c['n_max']}: {c['speedup_at_n_max']:.1f}x"
         lines.append(f"- {variant}, {pass_}: {text}")
+    src = derived.get("source") or {}
+    if src:
+        desc = ", ".join(f"{k} {'/'.join(v)}" for k, v in src.items() if v)
+        lines += ["", f"Rows from: {desc}."]
     return "\n".join(lines)
 
 
@@ -967,6 +985,7 @@ def derived_json(derived: dict[str, Any]) -> dict[str, Any]:
         "fit_min_tokens": derived["fit_min_tokens"],
         "slopes": {f"{v}|{p}": s for (v, p), s in sorted(derived["slopes"].items())},
         "crossover": {f"{v}|{p}": c for (v, p), c in sorted(derived["crossover"].items())},
+        "source": derived.get("source", {}),
     }
 
 

@@ -75,6 +75,17 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @functools.lru_cache(maxsize=1)
 def _static_provenance() -> dict[str, Any]:
     sha = _git("rev-parse", "HEAD")
@@ -90,7 +101,7 @@ def _static_provenance() -> dict[str, Any]:
         "dirty": None if status is None else bool(status),
         "packages": versions,
         "python": platform.python_version(),
-        "host_cpu": platform.processor() or platform.machine(),
+        "host_cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
     }
 

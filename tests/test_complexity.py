@@ -265,7 +265,9 @@ def test_derive_recovers_slopes_and_crossover(tmp_path):
     assert d["slopes"][("sdpa", "fwd+bwd")]["time"] == pytest.approx(2.0, abs=1e-6)
     assert d["slopes"][("sdpa", "fwd")]["memory"] == pytest.approx(1.0, abs=1e-6)
     assert d["slopes"][("sdpa", "fwd")]["fit"] == [512, 4096]
-    assert d["crossover"][("tssa:lean", "fwd")]["n"] == pytest.approx(1000, rel=1e-6)
+    c = d["crossover"][("tssa:lean", "fwd")]
+    assert c["n"] == pytest.approx(1000, rel=1e-6) and c["n_max"] == 4096
+    assert c["speedup_at_n_max"] == pytest.approx(4.096, rel=1e-9)  # (4096^2 / 1e6) / (4096 / 1000)
     md = cx.derived_markdown(d, "python -m benchmarks run --suite t")
     assert "| tssa:lean | fwd | 1.00 | 1.00 |" in md and "N ~ 1000" in md
 
