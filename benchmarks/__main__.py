@@ -31,6 +31,10 @@ def _cmd_run(args, ap) -> int:
     store = _store(args)
     if args.fresh and store.path.exists():
         os.replace(store.path, store.path.with_name(store.path.name + ".prev"))
+    import torch
+
+    if args.suite["device"] == "cuda" and not torch.cuda.is_available():
+        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     cx = args.suite.get("complexity") or {}
     parts = ["operator", "model"] if args.part == "all" else [args.part]
     t0 = time.perf_counter()

@@ -296,6 +296,11 @@ def test_cli_derive_writes_json_and_readme_block(tmp_path, capsys):
         (["run", "--suite", "nope"], "unknown suite"),
         (["derive", "--suite", "cpu", "--results-dir", "{tmp}"], "no rows"),
         (["run", "--suite", "cpu", "--tag", "a/b"], "--tag"),
+        pytest.param(
+            ["run", "--suite", "gpu", "--results-dir", "{tmp}"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
     ],
 )
 def test_cli_bad_input_exits_with_a_clear_error(argv, match, tmp_path, capsys):
