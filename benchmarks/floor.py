@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import weakref
 
 import torch
 import torch.utils.benchmark as tb
-from torch.utils._pytree import tree_flatten
 
 from tssa.nn import TokenStatisticsAttention
 from tssa.ops import available_impls, resolve_impl, tssa
@@ -63,36 +61,9 @@ def floor_ratios(tokens: int, dim: int, heads: int, impls: list[str], min_run_ti
     return {"ms": med, "ratio": {k: med[k] / med["floor"] for k in impls}}
 
 
-class NewStorageTracker(LiveTensorTracker):
-    """:class:`LiveTensorTracker` that never counts a storage which existed before it started.
-
-    The base tracker counts every storage the first time an operator returns it, so a view of the
-    input or of a weight (``x.reshape``, ``weight.t()`` inside ``F.linear``) adds the whole
-    pre-existing buffer. Here any storage first met as an operator *input* is marked as pre-existing
-    (0 bytes); only storages that operators create are counted.
-
-    >>> x = torch.randn(1000)
-    >>> with NewStorageTracker() as t:
-    ...     v = x.view(10, 100)
-    ...     y = x * 2
-    >>> t.peak
-    4000
-    """
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor) and not t.is_meta and t.device.type != "meta":
-                st = t.untyped_storage()
-                key = st._cdata
-                if key not in self._seen:
-                    self._seen[key] = 0  # existed before: never counted
-                    weakref.finalize(st, self._release, key)
-        return super().__torch_dispatch__(func, types, args, kwargs)
-
-
 def _peak_fwd_bwd(fn, x: torch.Tensor) -> int:
     x = x.detach().clone().requires_grad_()
-    with NewStorageTracker() as tracker:
+    with LiveTensorTracker() as tracker:
         fn(x).sum().backward()
     return tracker.peak
 
@@ -101,7 +72,7 @@ def memory_ratios(tokens: int, dim: int, heads: int, impls: list[str]) -> dict:
     """Peak bytes of forward+backward of the layer with each impl over that of the two projections.
 
     Input ``x`` (1, N, C) and the parameters exist beforehand and are not counted
-    (:class:`NewStorageTracker`); activations, saved tensors and every gradient (weights included) are. Returns ``{"mib": {...}, "ratio": {...}}``.
+    (:class:`tssa.utils.LiveTensorTracker`); activations, saved tensors and every gradient (weights included) are. Returns ``{"mib": {...}, "ratio": {...}}``.
     """
     torch.manual_seed(0)
     layer = TokenStatisticsAttention(dim, heads)

@@ -228,6 +228,17 @@ def test_tracker_measures_a_known_allocation_exactly():
     assert t.live == 0
 
 
+def test_tracker_ignores_views_and_in_place_ops_on_existing_buffers():
+    x = torch.randn(4096)
+    with LiveTensorTracker() as t:
+        v = x.view(64, 64).t()  # a view of a buffer that existed before: nothing new
+        x.add_(1.0)  # in place on an existing buffer: nothing new
+        y = v * 2  # new: 16 KiB
+    assert t.peak == t.allocated == 4096 * 4
+    del y
+    assert t.live == 0
+
+
 @pytest.mark.parametrize(
     "w, tau, match",
     [
