@@ -40,7 +40,7 @@ class SocketGuard:
 
     def _refuse(self, what: str):
         def refuse(*args, **kwargs):
-            self.attempts.append(f"{what}{args[1:] if what.startswith('socket.') else args}")
+            self.attempts.append(f"{what}{args}")
             raise OSError(f"network access refused by the test's socket guard: {what}")
 
         return refuse
@@ -88,7 +88,9 @@ def test_socket_guard_catches_a_connection(monkeypatch):
         socket.create_connection(("192.0.2.1", 80), timeout=0.1)
     with pytest.raises(OSError, match="socket guard"):
         socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect(("192.0.2.1", 80))
-    assert len(guard.attempts) == 2
+    with pytest.raises(OSError, match="socket guard"):
+        socket.getaddrinfo("localhost", 80)
+    assert len(guard.attempts) == 3
 
 
 def test_shapes_dataset_is_deterministic_and_valid(tmp_path):
