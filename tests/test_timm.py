@@ -424,3 +424,12 @@ def test_filter_maps_xcit_style_names_and_temperature_layouts():
     assert (
         out["blocks.0.attn.temperature"].shape == (4, 1, 1) and out["blocks.0.attn.temperature"][3, 0, 0] == 3
     )
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+
+    for module in (importlib.import_module("tssa.timm"), importlib.import_module("tssa.timm.tost")):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

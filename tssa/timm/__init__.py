@@ -5,7 +5,7 @@ Importing this package registers 48 names with timm's registry (``@register_mode
 paper's controls on the same backbone, ``tost_softmax_*`` (softmax attention) and ``tost_xca_*``
 (XCiT's cross-covariance attention). ``import tssa`` alone does not import timm.
 
->>> import timm, tssa.timm
+>>> import timm, torch, tssa.timm
 >>> model = timm.create_model("tost_tiny_12_p16_224", num_classes=10)
 >>> model(torch.randn(1, 3, 64, 64)).shape
 torch.Size([1, 10])
