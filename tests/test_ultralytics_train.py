@@ -153,6 +153,29 @@ def test_two_epoch_training_is_deterministic(data_yaml, tmp_path, no_network):
     assert w0.keys() == w1.keys()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert any(".attn.temp" in k for k in w0)  # the trained model holds the TSSA layer
+    temps = {id(p) for n, p in m0.trainer.model.named_parameters() if n.endswith(".attn.temp")}
+    groups = [g for g in m0.trainer.optimizer.param_groups if any(id(p) in temps for p in g["params"])]
+    assert temps and groups and all(g["weight_decay"] == 0.0 for g in groups)  # tau skips weight decay
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_tssa_temperature_skips_weight_decay(name):
+    from types import SimpleNamespace
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    kw = dict(name=name, lr=1e-3, decay=5e-4, iterations=10)
+    model = YOLO(tu.model_yaml("yolo11-tssa", "n")).model
+    opt = BaseTrainer.build_optimizer(SimpleNamespace(), model, **kw)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    temps = [p for n, p in model.named_parameters() if n.endswith("attn.temp")]
+    assert temps and not any(id(p) in decayed for p in temps)
+    assert any(id(p) in decayed for n, p in model.named_parameters() if n.endswith("attn.qkv.weight"))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    stock = YOLO("yolo11n.yaml").model  # stock models get the optimizer Ultralytics builds
+    plain = BaseTrainer.build_optimizer._tssa_stock(SimpleNamespace(), stock, **kw)
+    wrapped = BaseTrainer.build_optimizer(SimpleNamespace(), stock, **kw)
+    assert [len(g["params"]) for g in wrapped.param_groups] == [len(g["params"]) for g in plain.param_groups]
 
 
 class _Interrupt(Exception):

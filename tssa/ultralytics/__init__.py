@@ -22,7 +22,8 @@ and then replaced by our module with the same arguments, which takes over the st
 outside the token mixer (``cv1``, ``cv2``, ``m.*.ffn``). So under the same seed every weight outside
 ``attn`` starts equal to stock YOLO11's, and the variants differ from stock only in the mixer. ``check_yaml`` is
 wrapped so that bare names like ``yolo11n-tssa.yaml`` resolve to the files shipped here when no
-such file exists in the working directory.
+such file exists in the working directory. ``BaseTrainer.build_optimizer`` is wrapped so that
+TSSA's temperatures skip weight decay, as in ToST (:func:`exempt_from_weight_decay`).
 
 >>> import tssa.ultralytics
 >>> from ultralytics import YOLO
@@ -43,7 +44,10 @@ from tssa.offline import TRAIN_DEFAULTS, configure_offline
 configure_offline()  # before ultralytics is imported: it reads its environment at import
 
 import ultralytics.nn.tasks as _tasks  # noqa: E402
+from ultralytics.engine.trainer import BaseTrainer as _BaseTrainer  # noqa: E402
 from ultralytics.nn.modules import C2PSA  # noqa: E402
+
+from tssa.nn import TokenStatisticsAttention  # noqa: E402
 
 from .modules import C2TSSA, C2NoAttn, MixerPSABlock, TokenStatisticsAttention2d  # noqa: E402
 
@@ -59,6 +63,7 @@ __all__ = [
     "model_yaml",
     "configure_offline",
     "TRAIN_DEFAULTS",
+    "exempt_from_weight_decay",
 ]
 
 CFG_DIR = Path(__file__).resolve().parent / "cfg"
@@ -150,21 +155,74 @@ def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
     return _stock_check_yaml(file, suffix=suffix, hard=hard)
 
 
+def exempt_from_weight_decay(optimizer, model) -> int:
+    """Move the parameters that ``no_weight_decay()`` of the TSSA layers names (the temperatures) into
+    the optimizer's no-decay group, as ToST trains them. Returns how many were moved.
+
+    Ultralytics' ``build_optimizer`` decays every weight that is not a norm weight or a bias, so the
+    temperature ``temp`` (H, 1) would otherwise be decayed. Call before the first step.
+    """
+    exempt = {
+        id(getattr(m, name))
+        for m in model.modules()
+        if isinstance(m, TokenStatisticsAttention)
+        for name in m.no_weight_decay()
+        if getattr(m, name, None) is not None
+    }
+    moved = 0
+    for group in optimizer.param_groups:
+        if group.get("weight_decay", 0.0) == 0.0:
+            continue
+        keep = [p for p in group["params"] if id(p) not in exempt]
+        if len(keep) == len(group["params"]):
+            continue
+        target = next(
+            (
+                g
+                for g in optimizer.param_groups
+                if g.get("param_group") == "bn" and g.get("lr") == group.get("lr") and not g.get("use_muon")
+            ),
+            None,
+        )
+        if target is None:
+            raise ValueError("exempt_from_weight_decay: the optimizer has no no-decay ('bn') parameter group")
+        target["params"].extend(p for p in group["params"] if id(p) in exempt)
+        moved += len(group["params"]) - len(keep)
+        group["params"] = keep
+    return moved
+
+
+def _build_optimizer(self, model, *args, **kwargs):
+    """``BaseTrainer.build_optimizer``, then :func:`exempt_from_weight_decay` (a no-op for stock models)."""
+    optimizer = _stock_build_optimizer(self, model, *args, **kwargs)
+    if exempt_from_weight_decay(optimizer, model):
+        _tasks.LOGGER.info("optimizer: TSSA temperatures moved to the no-decay group")
+    return optimizer
+
+
 def _register() -> None:
-    global _stock_parse_model, _stock_check_yaml
+    global _stock_parse_model, _stock_check_yaml, _stock_build_optimizer
     if getattr(_tasks.parse_model, "_tssa_wrapped", False):  # already registered in this process
         _stock_parse_model = _tasks.parse_model._tssa_stock
         _stock_check_yaml = _tasks.check_yaml._tssa_stock
+        _stock_build_optimizer = _BaseTrainer.build_optimizer._tssa_stock
         return
     _stock_parse_model, _stock_check_yaml = _tasks.parse_model, _tasks.check_yaml
+    _stock_build_optimizer = _BaseTrainer.build_optimizer
     for name, cls in MODULES.items():
         setattr(_tasks, name, cls)
-    _parse_model._tssa_wrapped, _parse_model._tssa_stock = True, _stock_parse_model
-    _check_yaml._tssa_wrapped, _check_yaml._tssa_stock = True, _stock_check_yaml
+    for wrapper, stock in (
+        (_parse_model, _stock_parse_model),
+        (_check_yaml, _stock_check_yaml),
+        (_build_optimizer, _stock_build_optimizer),
+    ):
+        wrapper._tssa_wrapped, wrapper._tssa_stock = True, stock
     _tasks.parse_model = _parse_model
     _tasks.check_yaml = _check_yaml
+    _BaseTrainer.build_optimizer = _build_optimizer
 
 
 _stock_parse_model = _tasks.parse_model
 _stock_check_yaml = _tasks.check_yaml
+_stock_build_optimizer = _BaseTrainer.build_optimizer
 _register()
