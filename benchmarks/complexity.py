@@ -215,7 +215,7 @@ def _alarm(seconds: float):
         return
 
     def _fire(signum, frame):
-        raise CellTimeout(f"a call ran past the time limit of {seconds:g} s")
+        raise CellTimeout(f"timeout: still running after {seconds:g} s (the guard of the per-call limit)")
 
     old = signal.signal(signal.SIGALRM, _fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -231,6 +231,18 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an error row: out of memory, a time-out, or the exception's type and message."""
+    if _is_oom(exc):
+        text = f"out of memory: {exc}"
+    elif isinstance(exc, CellTimeout):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
 
 
 def _sync(device: str) -> None:
@@ -393,7 +405,7 @@ def _first_call(step: Callable[[], None], device: str, existing, timeout_s: floa
         _sync(device)
     first = time.perf_counter() - t0
     if first > timeout_s:
-        raise CellTimeout(f"one call took {first:.1f} s, over the time limit of {timeout_s:g} s")
+        raise CellTimeout(f"timeout: one call took {first:.1f} s, over the time limit of {timeout_s:g} s")
     return peak, flops, first
 
 
@@ -448,8 +460,7 @@ def _run_groups(groups, ctx: dict, store: ResultStore | None, log) -> list[dict]
             try:
                 p = ctx["prepare"](case, ctx)
             except Exception as exc:  # a failed cell is a row, never a crash of the sweep
-                reason = f"out of memory: {exc}" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
-                reason = reason.splitlines()[0][:300]
+                reason = _reason(exc)
                 rows = [ctx["error"](case, reason)]
                 log(f"  {case.cell}: {reason}")
                 if store is not None:
@@ -479,9 +490,8 @@ def _run_groups(groups, ctx: dict, store: ResultStore | None, log) -> list[dict]
                             single=p.first_s >= ctx["min_run_time"],
                         )
                 except Exception as exc:
-                    failed[i] = (f"out of memory: {exc}" if _is_oom(exc) else f"{type(exc).__name__}: {exc}")[
-                        :300
-                    ]
+                    failed[i] = _reason(exc)
+                    log(f"  {p.case.cell}: {failed[i]}")
         for i, p in enumerate(prepared):
             if i in failed:
                 rows = [ctx["error"](p.case, failed[i])]

@@ -211,6 +211,24 @@ def test_a_failing_cell_becomes_an_error_row(tmp_path, monkeypatch):
     assert {r["variant"] for r in rows if r["metric"] == "latency_ms"} == {"sdpa", "floor"}
 
 
+def test_calls_past_the_time_limit_become_timeout_rows(monkeypatch):
+    suite = _tiny_suite()
+    suite["timeout_s"] = 1e-7  # every first call is over it
+    suite["complexity"]["operator"].update(tokens=[32], passes=["fwd"], variants=["floor"])
+    rows = cx.run_operator_sweep("t", suite, None, log=lambda *_: None)
+    assert len(rows) == 1 and rows[0]["error"].startswith("timeout: ") and rows[0]["value"] is None
+
+    def stuck(*args, **kwargs):
+        raise cx.CellTimeout("timeout: still running after 30 s (the guard of the per-call limit)")
+
+    monkeypatch.setattr(cx, "time_samples", stuck)
+    suite["timeout_s"] = 60
+    rows = cx.run_operator_sweep("t", suite, None, log=lambda *_: None)
+    assert (
+        len(rows) == 1 and rows[0]["error"].startswith("timeout: still running") and rows[0]["value"] is None
+    )
+
+
 def test_slow_quadratic_cells_are_skipped_from_their_trend():
     suite = _tiny_suite()
     suite["timeout_s"] = 1.0
