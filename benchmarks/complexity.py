@@ -954,7 +954,67 @@ def derive(df, fit_min_tokens: int = 1024, reference: str = "sdpa") -> dict[str,
         "reference": reference,
         "fit_min_tokens": fit_min_tokens,
         "source": source,
+        "models": derive_models(df),
     }
+
+
+def derive_models(df) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Per (family, variant, pass) of the model rows: sizes, median latency, attention tokens, FLOPs,
+    and the log-log slope of latency against the largest attention token count (where it varies)."""
+    if "level" not in df.columns or "family" not in df.columns:
+        return {}
+    ok = df[(df["kind"] == KIND) & df["error"].isna() & (df["level"] == "model")]
+    out: dict = {}
+    for (fam, variant, pass_), g in ok.groupby(["family", "variant", "pass"]):
+        lat = (
+            g[g["metric"] == "latency_ms"].drop_duplicates("image_size", keep="last").set_index("image_size")
+        )
+        fl = (
+            g[g["metric"] == "flops_torch"].drop_duplicates("image_size", keep="last").set_index("image_size")
+        )
+        sizes = sorted(int(x) for x in lat.index)
+        entry = {
+            "sizes": sizes,
+            "latency_ms": [float(lat.loc[x, "value"]) for x in sizes],
+            "tokens": [
+                None if lat.loc[x, "tokens"] != lat.loc[x, "tokens"] else int(lat.loc[x, "tokens"])
+                for x in sizes
+            ],
+            "gflops": [float(fl.loc[x, "value"]) / 1e9 if x in fl.index else None for x in sizes],
+        }
+        pts = [(t, v) for t, v in zip(entry["tokens"], entry["latency_ms"]) if t]
+        entry["time_slope_vs_tokens"] = (
+            fit_slope([t for t, _ in pts], [v for _, v in pts]) if len({t for t, _ in pts}) >= 2 else None
+        )
+        out[(fam, variant, pass_)] = entry
+    return out
+
+
+def _models_markdown(models: dict) -> list[str]:
+    lines: list[str] = []
+    for fam in sorted({k[0] for k in models}):
+        keys = sorted(k for k in models if k[0] == fam)
+        sizes = sorted({s for k in keys for s in models[k]["sizes"]})
+        lines += [
+            "",
+            f"Model level ({fam}): median latency in ms (largest attention token count) per image size, and the "
+            "log-log slope of latency against those tokens:",
+            "",
+            "| model | pass | " + " | ".join(f"{s} px" for s in sizes) + " | slope |",
+            "| --- | --- | " + " | ".join("---:" for _ in sizes) + " | ---: |",
+        ]
+        for k in keys:
+            m = models[k]
+            cells = []
+            for s in sizes:
+                if s in m["sizes"]:
+                    i = m["sizes"].index(s)
+                    cells.append(f"{m['latency_ms'][i]:.1f} ({m['tokens'][i]})")
+                else:
+                    cells.append("error row")
+            slope = f"{m['time_slope_vs_tokens']:.2f}" if m["time_slope_vs_tokens"] is not None else "n/a"
+            lines.append(f"| {k[1]} | {k[2]} | " + " | ".join(cells) + f" | {slope} |")
+    return lines
 
 
 def derived_markdown(derived: dict[str, Any], command: str) -> str:
@@ -981,6 +1041,7 @@ def derived_markdown(derived: dict[str, Any], command: str) -> str:
         if "speedup_at_n_max" in c:
             text += f"; {derived['reference']} / TSSA time at N = {c['n_max']}: {c['speedup_at_n_max']:.1f}x"
         lines.append(f"- {variant}, {pass_}: {text}")
+    lines += _models_markdown(derived.get("models") or {})
     src = derived.get("source") or {}
     if src:
         desc = ", ".join(f"{k} {'/'.join(v)}" for k, v in src.items() if v)
@@ -996,6 +1057,7 @@ def derived_json(derived: dict[str, Any]) -> dict[str, Any]:
         "slopes": {f"{v}|{p}": s for (v, p), s in sorted(derived["slopes"].items())},
         "crossover": {f"{v}|{p}": c for (v, p), c in sorted(derived["crossover"].items())},
         "source": derived.get("source", {}),
+        "models": {"|".join(k): m for k, m in sorted((derived.get("models") or {}).items())},
     }
 
 
@@ -1039,6 +1101,7 @@ __all__ = [
     "fit_slope",
     "crossover",
     "derive",
+    "derive_models",
     "derived_markdown",
     "derived_json",
     "write_readme_block",

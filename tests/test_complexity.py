@@ -386,3 +386,25 @@ def test_suite_copy_is_not_mutated_by_a_run(tmp_path):
     before = copy.deepcopy(suite)
     cx.run_operator_sweep("t", suite, None, log=lambda *_: None)
     assert suite == before
+
+
+def test_model_rows_give_a_latency_table_and_slope_against_tokens(tmp_path):
+    rows = []
+    for size in (320, 640, 1280):
+        tokens = (size // 32) ** 2  # P5 tokens: 100, 400, 1600
+        cell = f"model/yolo/yolo11n-tssa/fwd/cpu-B1/S{size}"
+        common = dict(image_size=size, tokens=tokens, pass_="fwd", prov={}, level="model", family="yolo")
+        rows.append(make_row("t", "complexity", cell, "yolo11n-tssa", metric="latency_ms", value=tokens / 10,
+                             unit="ms", **common))  # fmt: skip
+        rows.append(make_row("t", "complexity", cell, "yolo11n-tssa", metric="flops_torch", value=2e9 * tokens,
+                             unit="FLOPs", **common))  # fmt: skip
+    store = ResultStore(tmp_path / "t.jsonl", suite="t")
+    store.append(rows + _synthetic_rows())
+    d = cx.derive(store.load(), fit_min_tokens=512)
+    m = d["models"][("yolo", "yolo11n-tssa", "fwd")]
+    assert m["sizes"] == [320, 640, 1280] and m["tokens"] == [100, 400, 1600]
+    assert m["time_slope_vs_tokens"] == pytest.approx(1.0, abs=1e-9)
+    assert m["gflops"] == pytest.approx([200.0, 800.0, 3200.0])
+    md = cx.derived_markdown(d, "cmd")
+    assert "| yolo11n-tssa | fwd | 10.0 (100) | 40.0 (400) | 160.0 (1600) | 1.00 |" in md
+    assert not any(v.startswith("yolo") for v, _ in d["slopes"])  # model rows stay out of operator slopes
