@@ -25,8 +25,8 @@ Model level (``complexity.model``): YOLO11 variants and ToST models versus image
 tokens each attention layer sees (``attn_tokens``), FLOPs (two counters), peak memory, latency and
 ``images_per_s``. Models whose integration is not importable become error rows.
 
-Derived numbers (:func:`derive`): log-log slopes of time and memory per operator and pass, and the
-N from which TSSA is faster than SDPA.
+Derived numbers (:func:`derive`): log-log slopes of time and memory per operator and pass, the N
+from which TSSA is faster than SDPA, and per model the latency against its attention tokens.
 
     python -m benchmarks run --suite cpu            # rows -> results/cpu.jsonl (resumes)
     python -m benchmarks derive --suite cpu --readme README.md
@@ -722,10 +722,10 @@ def _model_context(
             pass_=case.pass_, prov=prov, **case.extra(), **extra,
         )  # fmt: skip
 
-    def error(case: ModelCase, reason: str):
+    def error(case: ModelCase, reason: str, metric: str = "error"):
         return error_row(
-            suite, KIND, case.cell, case.variant, reason, seed=seed, image_size=case.image_size,
-            pass_=case.pass_, prov=prov, **case.extra(),
+            suite, KIND, case.cell, case.variant, reason, metric=metric, seed=seed,
+            image_size=case.image_size, pass_=case.pass_, prov=prov, **case.extra(),
         )  # fmt: skip
 
     ctx: dict[str, Any] = {
@@ -773,15 +773,9 @@ def _model_context(
         gen = torch.Generator().manual_seed(ctx["seed"])
         model = model.to(device)
         grad = case.pass_ == "fwd+bwd"
-        model.train(grad)
         x = torch.randn(case.batch, 3, case.image_size, case.image_size, generator=gen).to(device)
-        model.eval()
-        tokens = attention_tokens(model, x)
-        model.train(grad)
-
-        def fwd(inp):
-            out = model(inp)
-            return out
+        tokens = attention_tokens(model.eval(), x)
+        model.train(grad)  # fwd: eval mode under no_grad; fwd+bwd: train mode, backward of the output sum
 
         def scalar(out):
             leaves = [t for t in torch.utils._pytree.tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
@@ -791,12 +785,12 @@ def _model_context(
 
             def step():
                 model.zero_grad(set_to_none=True)
-                scalar(fwd(x)).backward()
+                scalar(model(x)).backward()
         else:
 
             def step():
                 with torch.no_grad():
-                    fwd(x)
+                    model(x)
 
         extra = {"attn_tokens": tokens, "params": sum(p.numel() for p in model.parameters())}
         rows = []
@@ -825,7 +819,8 @@ def _model_context(
                         )  # fmt: skip
                     )
                 except Exception as exc:  # tracing a model can fail; say so in a row
-                    rows.append(_with_tokens(error(case, f"fvcore could not trace: {exc}"[:300]), tok))
+                    msg = f"fvcore could not trace: {exc}"[:300]
+                    rows.append(_with_tokens(error(case, msg, metric="macs_fvcore"), tok))
         ctx["peaks"][ctx["key"](case)] = (case.image_size, peak)
         rows.append(_with_tokens(row(case, "peak_mib", peak / MIB, "MiB", bytes=peak, **extra), tok))
         return _Prepared(case, step, rows, first, units=case.batch, tokens=tok)

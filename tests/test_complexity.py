@@ -408,3 +408,29 @@ def test_model_rows_give_a_latency_table_and_slope_against_tokens(tmp_path):
     md = cx.derived_markdown(d, "cmd")
     assert "| yolo11n-tssa | fwd | 10.0 (100) | 40.0 (400) | 160.0 (1600) | 1.00 |" in md
     assert not any(v.startswith("yolo") for v, _ in d["slopes"])  # model rows stay out of operator slopes
+
+
+@pytest.mark.parametrize("family, variant", [("yolo", "yolo11n-tssa"), ("timm", "tost_tiny_12_p16_224")])
+def test_real_model_cell_records_tokens_flops_memory_and_time(family, variant):
+    try:
+        cx.build_model(family, variant, 64)
+    except ImportError as exc:  # the integration has not landed in this checkout
+        pytest.skip(str(exc))
+    suite = {
+        "name": "t", "device": "cpu", "threads": 1, "seed": 0, "memory_budget_gib": 1, "timeout_s": 60,
+        "complexity": {"model": {"passes": ["fwd", "fwd+bwd"], "batch": 1, "rounds": 1, "min_run_time": 0.01,
+                                 "yolo": None, "timm": None}},
+    }  # fmt: skip
+    suite["complexity"]["model"][family] = {"variants": [variant], "image_sizes": [64]}
+    rows = cx.run_model_sweep("t", suite, None, log=lambda *_: None)
+    by = {(r["pass"], r["metric"]): r for r in rows}
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]]
+    want = {"flops_torch", "peak_mib", "latency_ms", "images_per_s"}
+    assert {m for p, m in by if p == "fwd+bwd"} == want and {m for p, m in by if p == "fwd"} == want | {
+        "macs_fvcore"
+    }
+    assert all(
+        r["image_size"] == 64 and r["tokens"] == max(by["fwd", "flops_torch"]["attn_tokens"]) for r in rows
+    )
+    assert by["fwd+bwd", "flops_torch"]["value"] > 2 * by["fwd", "flops_torch"]["value"]
+    assert by["fwd+bwd", "peak_mib"]["value"] > by["fwd", "peak_mib"]["value"] > 0
