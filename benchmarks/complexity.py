@@ -131,8 +131,6 @@ def _floor(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
 def build_operator(case: OpCase, seed: int = 0) -> tuple[Callable, tuple, Callable[[], None]]:
     """``(fn, args, step)`` for a case: ``fn(*args)`` is the forward, ``step()`` one timed call.
 
-    ``step.inputs`` lists the tensors that exist before every call (inputs, the upstream gradient).
-
     Inputs are drawn from a seeded generator on the CPU, then moved, so a seed gives the same data
     on every machine. ``step`` runs the forward under ``no_grad`` (``fwd``) or forward plus
     ``backward(dy)`` with a fixed random ``dy`` after dropping the previous gradients (``fwd+bwd``).
@@ -182,7 +180,6 @@ def build_operator(case: OpCase, seed: int = 0) -> tuple[Callable, tuple, Callab
             with torch.no_grad():
                 fn(*args)
 
-    step.inputs = (*args, dy)  # tensors alive before every call: the memory figure excludes them
     return fn, args, step
 
 
@@ -250,25 +247,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class _InputAwareTracker(LiveTensorTracker):
-    """A :class:`LiveTensorTracker` that never counts the storages of ``existing`` tensors.
-
-    The plain tracker counts a storage the first time an operator returns a tensor on it, so a view
-    of an input or a weight (``x.view``, ``w.t()``) would add the input's bytes. Marking the
-    storages that exist before the work as seen (with 0 bytes) keeps the figure to the extra memory.
-    """
-
-    def __init__(self, existing=()) -> None:
-        super().__init__(device="cpu")
-        for t in existing:
-            if isinstance(t, torch.Tensor) and not t.is_meta:
-                self._seen[t.untyped_storage()._cdata] = 0
-
-
-def measure_peak_bytes(step: Callable[[], None], device: str, existing=()) -> int:
+def measure_peak_bytes(step: Callable[[], None], device: str) -> int:
     """Extra peak bytes of one ``step()``: ``max_memory_allocated`` delta on CUDA, tracker on CPU.
 
-    ``existing``: tensors alive before the step (inputs, parameters) whose views must not count.
+    Storages alive before the step (inputs, parameters, their views) do not count on CPU.
     """
     if device.startswith("cuda"):
         _sync(device)
@@ -277,12 +259,12 @@ def measure_peak_bytes(step: Callable[[], None], device: str, existing=()) -> in
         step()
         _sync(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    with _InputAwareTracker(existing) as tracker:
+    with LiveTensorTracker(device="cpu") as tracker:
         step()
     return int(tracker.peak)
 
 
-def peak_and_flops(step: Callable[[], None], device: str, existing=()) -> tuple[int, int]:
+def peak_and_flops(step: Callable[[], None], device: str) -> tuple[int, int]:
     """One ``step()`` measured twice at once: (extra peak bytes, FLOPs under ``FlopCounterMode``).
 
     The FLOP counter runs inside the memory measurement, so a slow cell pays one call for both.
@@ -297,7 +279,7 @@ def peak_and_flops(step: Callable[[], None], device: str, existing=()) -> tuple[
         with counter:
             step()
 
-    peak = measure_peak_bytes(counted, device, existing)
+    peak = measure_peak_bytes(counted, device)
     return peak, int(counter.get_total_flops())
 
 
@@ -390,7 +372,7 @@ class _Prepared:
     tokens: int | None = None  # model cells: the most tokens any attention layer sees
 
 
-def _first_call(step: Callable[[], None], device: str, existing, timeout_s: float) -> tuple[int, int, float]:
+def _first_call(step: Callable[[], None], device: str, timeout_s: float) -> tuple[int, int, float]:
     """The counted call of a cell: (extra peak bytes, FLOPs, seconds); it is also the CPU warm-up.
 
     On CUDA one plain call runs first (lazy initialisation, library workspaces). A call past
@@ -401,7 +383,7 @@ def _first_call(step: Callable[[], None], device: str, existing, timeout_s: floa
             step()
             _sync(device)
         t0 = time.perf_counter()
-        peak, flops = peak_and_flops(step, device, existing=existing)
+        peak, flops = peak_and_flops(step, device)
         _sync(device)
     first = time.perf_counter() - t0
     if first > timeout_s:
@@ -429,7 +411,7 @@ def _op_static_rows(case: OpCase, fn, args, step, ctx: dict) -> tuple[list, floa
             note=note,
         ),
     ]
-    peak, flops, first = _first_call(step, case.device, step.inputs, ctx["timeout_s"])
+    peak, flops, first = _first_call(step, case.device, ctx["timeout_s"])
     rows.append(mk(case, "flops_torch", flops, "FLOPs", counter="torch.utils.flop_counter.FlopCounterMode"))
     if case.pass_ == "fwd":
         with warnings.catch_warnings():
@@ -794,8 +776,7 @@ def _model_context(
 
         extra = {"attn_tokens": tokens, "params": sum(p.numel() for p in model.parameters())}
         rows = []
-        existing = [x, *model.parameters(), *model.buffers()]
-        peak, flops, first = _first_call(step, device, existing, timeout_s)
+        peak, flops, first = _first_call(step, device, timeout_s)
         tok = max(tokens) if tokens else None
         rows.append(_with_tokens(row(case, "flops_torch", flops, "FLOPs", **extra), tok))
         if not grad:

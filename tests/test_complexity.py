@@ -88,7 +88,7 @@ def test_memory_measures_a_known_allocation_exactly():
         z = x.view(-1)  # a view of an existing input: 0 extra bytes
         del y, z
 
-    assert cx.measure_peak_bytes(step, "cpu", existing=[x]) == 4000
+    assert cx.measure_peak_bytes(step, "cpu") == 4000
     assert cx.profiler_peak_bytes(step) == 4000
 
     def two():
@@ -105,11 +105,11 @@ def test_tracker_and_profiler_agree_on_operators(variant):
     for pass_ in ("fwd", "fwd+bwd"):
         _, _, step = cx.build_operator(_case(variant, (1, 128, 64, 4), pass_))
         step()  # warm-up
-        tracked = cx.measure_peak_bytes(step, "cpu", existing=step.inputs)
+        tracked = cx.measure_peak_bytes(step, "cpu")
         # the profiler also sees 0-dim scalars that Python numbers become outside the dispatcher
         assert 0 <= cx.profiler_peak_bytes(step) - tracked <= 64
         # counting FLOPs inside the memory measurement changes neither number
-        assert cx.peak_and_flops(step, "cpu", existing=step.inputs) == (tracked, count_flops_torch(step))
+        assert cx.peak_and_flops(step, "cpu") == (tracked, count_flops_torch(step))
 
 
 def test_softmax_memory_is_quadratic_and_tssa_linear():
@@ -117,7 +117,7 @@ def test_softmax_memory_is_quadratic_and_tssa_linear():
     for v in ("softmax", "tssa:naive"):
         for n in (256, 512):
             _, _, step = cx.build_operator(_case(v, (1, n, 64, 4)))
-            peaks[v, n] = cx.measure_peak_bytes(step, "cpu", existing=step.inputs)
+            peaks[v, n] = cx.measure_peak_bytes(step, "cpu")
     assert peaks["softmax", 512] / peaks["softmax", 256] > 3.5
     assert peaks["tssa:naive", 512] / peaks["tssa:naive", 256] == pytest.approx(2, rel=0.05)
     assert cx.predicted_peak_bytes(_case("softmax", (1, 512, 64, 4))) >= peaks["softmax", 512]
