@@ -214,6 +214,14 @@ def test_xca_and_class_attention_equal_their_equations():
     torch.testing.assert_close(out[:, :1], cls, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[:, 1:], x[:, 1:])
 
+    blk = model.cls_attn_blocks[1]  # official residual form, tokens_norm on
+    with torch.no_grad():
+        blk.gamma1.fill_(0.3)
+        blk.gamma2.fill_(0.7)
+    y = blk.norm2(x + blk.gamma1 * blk.attn(blk.norm1(x)))
+    want = torch.cat((y[:, :1] + blk.gamma2 * blk.mlp(y[:, :1]), 2 * y[:, 1:]), dim=1)
+    torch.testing.assert_close(blk(x), want)
+
 
 def test_fourier_encoding_equals_its_formula():
     enc = FourierPositionalEncoding(8, hidden_dim=4)

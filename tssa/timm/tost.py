@@ -328,7 +328,8 @@ class ClassAttentionBlock(nn.Module):
     """Class-attention block (XCiT's form). (B, 1+N, C) -> (B, 1+N, C).
 
     ``x = x + gamma1 * ca(norm1(x))``; then ``norm2`` on all tokens (``tokens_norm``) or on the class
-    token only; then the class token alone gets ``+ gamma2 * mlp(.)``.
+    token only; then ``x = x + [gamma2 * mlp(x_cls), x_patches]`` (the official residual, which
+    doubles the patch tokens; only the class token is read out).
 
     >>> ClassAttentionBlock(64, num_heads=4)(torch.randn(2, 11, 64)).shape
     torch.Size([2, 11, 64])
@@ -366,8 +367,9 @@ class ClassAttentionBlock(nn.Module):
             x = self.norm2(x)
         else:
             x = torch.cat((self.norm2(x[:, :1]), x[:, 1:]), dim=1)
-        cls = x[:, :1] + self.gamma2 * self.mlp(x[:, :1])  # (B, 1, C)
-        return torch.cat((cls, x[:, 1:]), dim=1)
+        # the official residual form: x + [gamma2 * mlp(cls), patch tokens], so the patch tokens are
+        # doubled; only the class token is read out, and the next LayerNorm is blind to the scale
+        return x + torch.cat((self.gamma2 * self.mlp(x[:, :1]), x[:, 1:]), dim=1)
 
 
 def _build_context(device):
