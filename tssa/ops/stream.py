@@ -32,13 +32,16 @@ __all__ = ["tssa_stream", "chunk_tokens"]
 
 _SQ_EPS = NORM_EPS * NORM_EPS  # the norm floor, squared
 _CHUNK_ELEMS = 1 << 16  # elements of one (chunk, C) block: 256 KiB in fp32, a quarter of a 1 MiB L2
+# Forward chunks are 4x larger: its temporaries are gone before backward reaches the peak, and larger
+# blocks keep both threads of a 2-core CPU busy (per-op threading overhead dominated at 256 KiB).
+_FWD_CHUNK_SCALE = 4
 
 
-def chunk_tokens(channels: int, tokens: int | None = None) -> int:
-    """Tokens per chunk for ``channels`` = H * D features: a chunk of about 256 KiB, and at most a
-    quarter of ``tokens`` so that chunk temporaries stay small next to the full-size tensors.
-    Depends on the shape only, so results are deterministic."""
-    step = max(16, _CHUNK_ELEMS // max(channels, 1))
+def chunk_tokens(channels: int, tokens: int | None = None, scale: int = 1) -> int:
+    """Tokens per chunk for ``channels`` = H * D features: a chunk of about ``scale`` x 256 KiB, and
+    at most a quarter of ``tokens`` so that chunk temporaries stay small next to the full-size
+    tensors. Depends on the shape only, so results are deterministic."""
+    step = max(16, scale * _CHUNK_ELEMS // max(channels, 1))
     return step if tokens is None else max(16, min(step, -(-tokens // 4)))
 
 
@@ -59,7 +62,7 @@ class _TSSAStream(torch.autograd.Function):
         dt = _stat_dtype(w)
         wt = _token_major(w).view(bsz, n, c)  # (B, N, C), physical token-major layout
         tau_f = tau.to(dt).view(1, h, 1)
-        step = chunk_tokens(c, n)
+        step = chunk_tokens(c, n, _FWD_CHUNK_SCALE)
         colsq = wt.new_zeros(bsz, c, dtype=dt)  # (B, C): sum_n w^2 per feature column
         for n0 in range(0, n, step):
             x = wt[:, n0 : n0 + step].to(dt)  # (B, n, C)
