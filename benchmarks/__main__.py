@@ -5,7 +5,7 @@
     python -m benchmarks derive --suite cpu --readme README.md   # slopes + crossover -> README block
 
 ``run`` resumes: cells that already have rows in the results file are skipped (``--fresh`` moves the
-old file to ``<file>.prev`` first). ``derive`` reads the rows, fits log-log slopes and the TSSA/SDPA
+old file to ``<file>.<UTC time>.prev`` first, never replacing an earlier one). ``derive`` reads the rows, fits log-log slopes and the TSSA/SDPA
 crossover (:func:`benchmarks.complexity.derive`), writes ``results/<suite>-derived.json`` and, with
 ``--readme``, replaces the block between ``<!-- complexity:<suite>:begin -->`` and ``...:end -->``.
 """
@@ -25,16 +25,30 @@ def _store(args):
     return ResultStore.for_suite(args.suite_name, args.results_dir, args.tag)
 
 
+def _set_aside(path) -> None:
+    """Move recorded rows to ``<file>.<UTC time>[-k].prev``; an earlier set-aside file is never replaced."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for k in range(1000):
+        target = path.with_name(f"{path.name}.{stamp}{f'-{k}' if k else ''}.prev")
+        try:
+            os.link(path, target)  # fails if target exists: nothing is overwritten
+        except FileExistsError:
+            continue
+        os.unlink(path)
+        return
+    raise RuntimeError(f"could not find a free name to set {path} aside")
+
+
 def _cmd_run(args, ap) -> int:
     from benchmarks.complexity import run_model_sweep, run_operator_sweep
 
     store = _store(args)
-    if args.fresh and store.path.exists():
-        os.replace(store.path, store.path.with_name(store.path.name + ".prev"))
     import torch
 
     if args.suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
+    if args.fresh and store.path.exists():
+        _set_aside(store.path)
     cx = args.suite.get("complexity") or {}
     parts = ["operator", "model"] if args.part == "all" else [args.part]
     t0 = time.perf_counter()
@@ -90,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--tag", default=None, help="machine tag: rows go to <suite>-<tag>.jsonl")
     r = sub.add_parser("run", parents=[common], help="run a suite's sweeps, appending rows (resumes)")
     r.add_argument("--part", choices=["operator", "model", "all"], default="all")
-    r.add_argument("--fresh", action="store_true", help="move existing rows to <file>.prev and start over")
+    r.add_argument(
+        "--fresh",
+        action="store_true",
+        help="move existing rows to <file>.<UTC time>.prev (never overwritten) and start over",
+    )
     d = sub.add_parser("derive", parents=[common], help="slopes and crossover from the rows")
     d.add_argument("--readme", default=None, help="README to update between the complexity markers")
     d.add_argument("--reference", default="sdpa", help="variant TSSA is compared with (default sdpa)")

@@ -173,3 +173,15 @@ def test_unknown_suite_name_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_suite(str(bad))
+
+
+def test_fresh_sets_rows_aside_without_ever_replacing_earlier_ones(tmp_path):
+    from benchmarks.__main__ import _set_aside
+
+    path = tmp_path / "cpu.jsonl"
+    for content in ("first\n", "second\n"):  # twice within one second: same time stamp
+        path.write_text(content)
+        _set_aside(path)
+    assert not path.exists()
+    kept = sorted(p.read_text() for p in tmp_path.glob("cpu.jsonl.*.prev"))
+    assert kept == ["first\n", "second\n"]
