@@ -19,12 +19,7 @@ SHAPES = [(1, 16, 32, 4), (2, 33, 48, 4)]  # (B, N, C, H), an odd N included
 OPS = ["floor", "softmax", "sdpa", "tssa:naive"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _case(variant, shape, pass_="fwd"):

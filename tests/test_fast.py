@@ -51,15 +51,10 @@ def test_stream_matches_reference_across_chunks(tiny_chunks, shape, token_major)
         assert err <= 1e-5 * r.abs().max().item() + 1e-7, f"{name}: max error {err:.3g}"
 
 
-def test_stream_gradcheck_fp64_across_chunks(tiny_chunks):
+def test_stream_gradcheck_fp64_across_chunks(tiny_chunks, one_thread):  # tiny ops: threads only sync
     w, tau, pb, _ = _inputs((2, 2, 19, 3), bias=True)  # two chunks, the last ragged
     inputs = (w.requires_grad_(), tau.requires_grad_(), pb.requires_grad_())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny ops: threads only add synchronisation
-    try:
-        assert torch.autograd.gradcheck(tssa_stream, inputs, eps=1e-6, atol=1e-6)
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.autograd.gradcheck(tssa_stream, inputs, eps=1e-6, atol=1e-6)
 
 
 def test_stream_output_is_token_major_so_head_merge_is_free():

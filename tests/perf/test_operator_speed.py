@@ -26,12 +26,7 @@ ROUNDS = 3
 SLACK = {"naive": 1.1, "lean": 1.25}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _interleaved_medians(fns: dict, min_run_time: float = 0.15) -> dict[str, float]:
