@@ -1,13 +1,15 @@
 """Command line of the harness.
 
-    python -m benchmarks run --suite cpu              # run the suite's sweeps; rows -> results/cpu.jsonl
-    python -m benchmarks run --suite cpu --part operator
-    python -m benchmarks derive --suite cpu --readme README.md   # slopes + crossover -> README block
+    python -m benchmarks run --suite cpu [--results-dir DIR] [--retry-failed] [--dry-run]
+    python -m benchmarks derive --suite cpu [--runs ID ...] [--scope all|published|local] [--readme README.md]
+    python -m benchmarks runs [--suite cpu]          # every run: id, machine, status, cells
+    python -m benchmarks publish --suite cpu [--run ID]   # copy a complete local run into results/<suite>/
 
-``run`` resumes: cells that already have rows in the results file are skipped (``--fresh`` moves the
-old file to ``<file>.<UTC time>.prev`` first, never replacing an earlier one). ``derive`` reads the rows, fits log-log slopes and the TSSA/SDPA
-crossover (:func:`benchmarks.complexity.derive`), writes ``results/<suite>-derived.json`` and, with
-``--readme``, replaces the block between ``<!-- complexity:<suite>:begin -->`` and ``...:end -->``.
+``run`` writes into this checkout's run of the suite (``results/local/<suite>/<run id>/``): the same
+command on the same machine resumes an interrupted run; otherwise a new run starts. Rows of other
+machines or configurations are never touched. ``derive`` reads an explicit set of runs (by default
+the latest complete run of each suite and machine, published or local) and writes the derived
+numbers (``results/<suite>/derived.json``) and, with ``--readme``, the README block.
 """
 
 from __future__ import annotations
@@ -19,111 +21,164 @@ import sys
 import time
 
 
-def _store(args):
-    from benchmarks.store import ResultStore
+def _plan(suite_name: str, suite: dict, part: str):
+    from benchmarks import complexity
 
-    return ResultStore.for_suite(args.suite_name, args.results_dir, args.tag)
-
-
-def _set_aside(path) -> None:
-    """Move recorded rows to ``<file>.<UTC time>[-k].prev``; an earlier set-aside file is never replaced."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    for k in range(1000):
-        target = path.with_name(f"{path.name}.{stamp}{f'-{k}' if k else ''}.prev")
-        try:
-            os.link(path, target)  # fails if target exists: nothing is overwritten
-        except FileExistsError:
-            continue
-        os.unlink(path)
-        return
-    raise RuntimeError(f"could not find a free name to set {path} aside")
+    parts = ("operator", "model") if part == "all" else (part,)
+    return complexity.plan(suite_name, suite, parts)
 
 
 def _cmd_run(args, ap) -> int:
-    from benchmarks.complexity import run_model_sweep, run_operator_sweep
-
-    store = _store(args)
     import torch
 
-    if args.suite["device"] == "cuda" and not torch.cuda.is_available():
+    from benchmarks.runner import open_run, plan_status, run_groups
+    from benchmarks.store import list_runs, machine
+
+    suite = args.suite
+    if suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
-    if args.fresh and store.path.exists():
-        _set_aside(store.path)
-    cx = args.suite.get("complexity") or {}
-    parts = ["operator", "model"] if args.part == "all" else [args.part]
+    cx = suite.get("complexity") or {}
+    if args.part != "all" and cx.get(args.part) is None:
+        ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    try:
+        groups = _plan(args.suite_name, suite, args.part)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not groups:
+        ap.error(f"suite {args.suite_name!r} has no cells to run")
+    if args.dry_run:
+        from benchmarks.store import config_hash
+
+        chash = config_hash(suite)
+        mine = [r for r in list_runs(args.results_dir, args.suite_name, "local")
+                if r.record["config_hash"] == chash and r.record["machine"]["id"] == machine()["id"]]  # fmt: skip
+        run = mine[-1] if mine and (mine[-1].record["status"] != "complete" or args.retry_failed) else None
+        states = plan_status(run, groups, args.retry_failed)
+        for cell, state in states:
+            print(f"{state:9s} {cell.id}")
+        todo = sum(s == "todo" for _, s in states)
+        where = f"resumes run {run.id}" if run else "starts a new run"
+        print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
+        return 0
+    del open_run
     t0 = time.perf_counter()
-    n = 0
-    for part in parts:
-        if cx.get(part) is None:
-            if args.part != "all":
-                ap.error(f"suite {args.suite_name!r} has no complexity.{part} section")
-            continue
-        sweep = run_operator_sweep if part == "operator" else run_model_sweep
-        n += len(sweep(args.suite_name, args.suite, store))
-    print(f"{n} new rows in {store.path} ({time.perf_counter() - t0:.0f} s)")
+    run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
+                     device=suite["device"])  # fmt: skip
+    print(f"run {run.id}: {run.summary()} in {run.path} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _select(args, ap):
+    from benchmarks.store import load_rows, select_runs
+
+    try:
+        runs = select_runs(args.results_dir, args.suite_name, args.runs, args.scope)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not runs:
+        ap.error(
+            f"no complete run of suite {args.suite_name!r} under {args.results_dir}; run "
+            f"`python -m benchmarks run --suite {args.suite_name}` first"
+        )
+    return runs, load_rows(runs)
 
 
 def _cmd_derive(args, ap) -> int:
     from benchmarks.complexity import derive, derived_json, derived_markdown, write_readme_block
 
-    store = _store(args)
-    df = store.load()
-    if df.empty:
-        ap.error(f"no rows in {store.path}; run `python -m benchmarks run --suite {args.suite_name}` first")
+    runs, df = _select(args, ap)
     op = (args.suite.get("complexity") or {}).get("operator") or {}
     fit_min = args.fit_min_tokens if args.fit_min_tokens is not None else op.get("fit_min_tokens", 1024)
-    d = derive(df, fit_min_tokens=fit_min, reference=args.reference)
-    if not d["slopes"]:
-        ap.error(f"{store.path} holds no error-free operator latency rows to fit")
-    command = f"python -m benchmarks run --suite {args.suite_name}"
+    try:
+        d = derive(df, fit_min_tokens=fit_min, reference=args.reference)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not d["configs"] and not d["models"]:
+        ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free complexity latency rows")
+    command = f"python -m benchmarks derive --suite {args.suite_name}"
     block = derived_markdown(d, command)
     print(block)
-    out = store.path.with_name(store.path.stem + "-derived.json")
+    out = args.results_dir_path / args.suite_name / "derived.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(derived_json(d), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(derived_json(d), indent=1, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, out)
     print(f"wrote {out}")
     if args.readme:
         try:
-            write_readme_block(args.readme, args.suite_name, block)
+            write_readme_block(args.readme, f"complexity:{args.suite_name}", block)
         except ValueError as exc:
             ap.error(str(exc))
         print(f"updated {args.readme}")
     return 0
 
 
+def _cmd_runs(args, ap) -> int:
+    from benchmarks.store import list_runs
+
+    for r in list_runs(args.results_dir, args.suite_name if args.suite_given else None):
+        rec = r.record
+        area = "local" if "/local/" in str(r.path) or r.path.parts[-3] == "local" else "published"
+        print(f"{rec['suite']:10s} {r.id:40s} {area:9s} {rec['status']:8s} {rec['machine']['name']} "
+              f"[{rec['machine']['id']}] {r.summary()}")  # fmt: skip
+    return 0
+
+
+def _cmd_publish(args, ap) -> int:
+    from benchmarks.store import list_runs, publish
+
+    local = [
+        r for r in list_runs(args.results_dir, args.suite_name, "local") if r.record["status"] == "complete"
+    ]
+    if args.run:
+        local = [r for r in local if r.id == args.run]
+    if not local:
+        ap.error(f"no complete local run of suite {args.suite_name!r}{' named ' + args.run if args.run else ''}; "
+                 f"`python -m benchmarks runs` lists them")  # fmt: skip
+    try:
+        target = publish(local[-1], args.results_dir)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(f"published {local[-1].id} -> {target} (commit it to make it part of the project's results)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.suites import load_suite
+    from pathlib import Path
+
+    from benchmarks.suites import SuiteError, load_suite
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description="TSSA benchmark harness")
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--suite", default="cpu", help="embedded suite name (cpu, gpu) or a .yaml path")
-    common.add_argument("--results-dir", default="results", help="folder of the <suite>.jsonl files")
-    common.add_argument("--tag", default=None, help="machine tag: rows go to <suite>-<tag>.jsonl")
-    r = sub.add_parser("run", parents=[common], help="run a suite's sweeps, appending rows (resumes)")
+    common.add_argument("--suite", default=None, help="embedded suite name (cpu, gpu) or a .yaml path")
+    common.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
+    r = sub.add_parser("run", parents=[common], help="run a suite's cells into this machine's run (resumes)")
     r.add_argument("--part", choices=["operator", "model", "all"], default="all")
+    r.add_argument("--retry-failed", action="store_true", help="run failed cells of the latest run again")
     r.add_argument(
-        "--fresh",
-        action="store_true",
-        help="move existing rows to <file>.<UTC time>.prev (never overwritten) and start over",
+        "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"
     )
-    d = sub.add_parser("derive", parents=[common], help="slopes and crossover from the rows")
+    d = sub.add_parser("derive", parents=[common], help="slopes, crossovers and ratios from selected runs")
+    d.add_argument("--runs", nargs="+", default=None, help="run ids (default: latest complete per machine)")
+    d.add_argument("--scope", choices=["all", "published", "local"], default="all")
     d.add_argument("--readme", default=None, help="README to update between the complexity markers")
-    d.add_argument("--reference", default="sdpa", help="variant TSSA is compared with (default sdpa)")
+    d.add_argument("--reference", default="sdpa", help="core variant TSSA is compared with (default sdpa)")
     d.add_argument("--fit-min-tokens", type=int, default=None, help="fit slopes on N >= this")
+    sub.add_parser("runs", parents=[common], help="list runs")
+    p = sub.add_parser("publish", parents=[common], help="copy a complete local run into results/<suite>/")
+    p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
     args = ap.parse_args(argv)
+    args.suite_given = args.suite is not None
     try:
-        args.suite = load_suite(args.suite)
-    except ValueError as exc:
+        args.suite = load_suite(args.suite or "cpu")
+    except SuiteError as exc:
         ap.error(str(exc))
     args.suite_name = args.suite["name"]
-    if args.tag is not None and (not args.tag or "/" in args.tag):
-        ap.error(f"--tag must be a plain name, got {args.tag!r}")
-    if args.cmd == "run":
-        return _cmd_run(args, ap)
-    return _cmd_derive(args, ap)
+    args.results_dir_path = Path(args.results_dir)
+    return {"run": _cmd_run, "derive": _cmd_derive, "runs": _cmd_runs, "publish": _cmd_publish}[args.cmd](
+        args, ap
+    )
 
 
 if __name__ == "__main__":

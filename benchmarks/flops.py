@@ -14,8 +14,10 @@ same conventions here, so every number is comparable:
   backward (``4*B*H*N*M*D`` MACs) plus ``5*B*H*N*M`` elementwise (scale and softmax backward),
   i.e. exactly what the materialised attention counts; kernel recomputation is not counted.
 
-fvcore totals are "MACs with elementwise ops at 1"; ``FlopCounterMode`` totals are FLOPs. The
-analytic formulas of :func:`analytic_counts` return both parts separately.
+fvcore totals are MACs only (matrix products, convolutions, linear layers and the two products of
+SDPA; elementwise ops are registered as free so that they are neither counted nor reported as
+unsupported); ``FlopCounterMode`` totals are FLOPs = 2 x MACs + elementwise. The analytic formulas
+of :func:`analytic_counts` return MACs and elementwise work separately.
 
 >>> counts = analytic_counts("sdpa", batch=1, tokens=4, dim=8, heads=2)
 >>> counts["macs"], counts["elementwise"]
@@ -147,22 +149,6 @@ def _shape(v):
     return get_shape(v)
 
 
-def _fv_elementwise(inputs, outputs) -> int:
-    return _numel(_shape(outputs[0]))
-
-
-def _fv_reduction(inputs, outputs) -> int:
-    return _numel(_shape(inputs[0]))
-
-
-def _fv_norm(inputs, outputs) -> int:
-    return NORM_PER_ELEMENT * _numel(_shape(inputs[0]))
-
-
-def _fv_softmax(inputs, outputs) -> int:
-    return SOFTMAX_FWD * _numel(_shape(outputs[0]))
-
-
 def _fv_matmul(inputs, outputs) -> int:
     return (
         _numel(_shape(outputs[0])) * _shape(inputs[0])[-1]
@@ -170,22 +156,19 @@ def _fv_matmul(inputs, outputs) -> int:
 
 
 def _fv_sdpa(inputs, outputs) -> int:
-    macs, elem = sdpa_counts(_shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
-    return macs + elem
+    macs, _ = sdpa_counts(_shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
+    return macs
 
 
 def fvcore_handles() -> dict[str, Any]:
-    """Extra fvcore op handles implementing the module's conventions (values are MACs)."""
+    """Extra fvcore op handles: MACs of the products fvcore misses (``matmul`` of any rank, SDPA);
+    elementwise ops, reductions, norms and softmax are registered as free (``None``): MACs only."""
     handles: dict[str, Any] = {}
     for name in _ELEMENTWISE:
-        handles[f"aten::{name}"] = _fv_elementwise
-        handles[f"aten::{name}_"] = _fv_elementwise
-    for name in _REDUCTIONS:
-        handles[f"aten::{name}"] = _fv_reduction
-    handles["aten::max_pool2d"] = _fv_reduction
-    handles["aten::linalg_vector_norm"] = _fv_norm
-    handles["aten::norm"] = _fv_norm
-    handles["aten::softmax"] = _fv_softmax
+        handles[f"aten::{name}"] = None
+        handles[f"aten::{name}_"] = None
+    for name in (*_REDUCTIONS, "max_pool2d", "linalg_vector_norm", "norm", "softmax"):
+        handles[f"aten::{name}"] = None
     handles["aten::matmul"] = _fv_matmul
     handles["aten::scaled_dot_product_attention"] = _fv_sdpa
     for free in ("aten::expand_as", "aten::expand", "aten::zeros_like", "aten::ones_like", "aten::where"):
@@ -228,7 +211,7 @@ def analytic_counts(variant: str, *, batch: int, tokens: int, dim: int, heads: i
       membership total T, eps B*H, normalise T, W^2 E, weighted moment E MACs, gate 1+m, 1/x, 1.0*x 3S,
       negate T, two products 2E: ``E`` MACs and ``8E + 9T + 4S + B*H`` elementwise.
 
-    ``flops = 2*macs + elementwise``; fvcore's total is ``macs + elementwise``.
+    ``flops = 2*macs + elementwise``; fvcore's total is ``macs``.
     """
     b, n, c, h = batch, tokens, dim, heads
     if c % h:
@@ -246,4 +229,4 @@ def analytic_counts(variant: str, *, batch: int, tokens: int, dim: int, heads: i
         raise ValueError(
             f"no analytic formula for variant {variant!r}; known: floor, softmax, sdpa, tssa[:impl]"
         )
-    return {"macs": macs, "elementwise": elem, "flops": 2 * macs + elem, "fvcore_macs": macs + elem}
+    return {"macs": macs, "elementwise": elem, "flops": 2 * macs + elem}

@@ -1,12 +1,15 @@
-"""Params and GFLOPs of every YOLO11 variant x scale, as a Markdown table (optionally into README.md).
+"""Params and GFLOPs of every YOLO11 variant x scale at 640 px, from rows, as a Markdown table.
 
-    python scripts/yolo_table.py                      # print the table (all variants, n/s/m/l/x, 640)
+    python scripts/yolo_table.py                      # run the yolo-table suite (resumes), print the table
     python scripts/yolo_table.py --write-readme       # also replace it between the README markers
 
-GFLOPs are counted at the true input size with :func:`tssa.ultralytics.flops.detector_gflops`
-(``FlopCounterMode``, 2 FLOPs per multiply-add); Ultralytics' own estimate (``model.info()``, thop)
-is shown beside it. The text between ``<!-- yolo-table:start -->`` and ``<!-- yolo-table:end -->``
-is replaced atomically; without both markers the README is left untouched and the script fails.
+The numbers are rows of the embedded suite ``yolo-table`` (``benchmarks/suites/yolo-table.yaml``:
+count-only model cells measured through the harness's runner, so they have provenance and resume):
+``params``, ``flops_torch`` (the project's FLOP convention, TSSA counted through its reference
+equations) and ``gflops_ultralytics`` (``model.info()``'s thop figure). The table is rendered from
+the latest complete run of that suite on this machine. The text between
+``<!-- yolo-table:start -->`` and ``<!-- yolo-table:end -->`` is replaced atomically; without both
+markers the README is left untouched and the script fails.
 """
 
 from __future__ import annotations
@@ -26,37 +29,36 @@ PUBLIC = [
 ]
 
 
-def measure(variants, scales, imgsz: int) -> list[dict]:
-    """One row per (variant, scale): params, counted GFLOPs at ``imgsz``, Ultralytics' estimate."""
-    import torch
-    from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops
+def measure(results_dir: str = "results") -> tuple[list[dict], str]:
+    """Run (or resume) the ``yolo-table`` suite; one dict per (variant, scale) from its rows, and the run id."""
+    from benchmarks import complexity
+    from benchmarks.runner import run_groups
+    from benchmarks.suites import load_suite
 
-    import tssa.ultralytics as tu
-    from tssa.ultralytics.flops import detector_gflops, params
+    suite = load_suite("yolo-table")
+    run = run_groups(
+        "yolo-table", suite, complexity.plan("yolo-table", suite), results_dir, log=lambda *a: None
+    )
+    by: dict[str, dict] = {}
+    for r in run.rows():
+        if r["error"] is not None:
+            continue
+        name = r["variant"]
+        scale = name[len("yolo11")]
+        entry = by.setdefault(name, {"variant": "yolo11" + name[len("yolo11") + 1 :], "scale": scale})
+        key = {"params": "params", "flops_torch": "gflops", "gflops_ultralytics": "gflops_ultralytics"}.get(
+            r["metric"]
+        )
+        if key:
+            entry[key] = r["value"] / 1e9 if key == "gflops" else r["value"]
+    order = {v: i for i, v in enumerate(suite["complexity"]["model"]["yolo"]["variants"])}
+    rows = [
+        by[k] for k in sorted(by, key=order.get) if {"params", "gflops", "gflops_ultralytics"} <= set(by[k])
+    ]
+    return rows, run.id
 
-    rows = []
-    for scale in scales:
-        for variant in variants:
-            torch.manual_seed(0)
-            model = YOLO(tu.model_yaml(variant, scale)).model
-            rows.append(
-                {
-                    "variant": variant,
-                    "scale": scale,
-                    "params": params(model),
-                    "gflops": detector_gflops(model, imgsz),
-                    "gflops_ultralytics": get_flops(model, imgsz),
-                }
-            )
-            print(
-                f"{variant:<20} {scale}  {rows[-1]['params']:>11,}  {rows[-1]['gflops']:8.2f}",
-                file=sys.stderr,
-            )
-    return rows
 
-
-def render(rows: list[dict], imgsz: int) -> str:
+def render(rows: list[dict], imgsz: int, run_id: str) -> str:
     """The Markdown block: the table, then how the GFLOPs were counted and which public numbers match."""
     stock = {r["scale"]: r for r in rows if r["variant"] == "yolo11"}
     lines = [
@@ -68,15 +70,15 @@ def render(rows: list[dict], imgsz: int) -> str:
         base = stock.get(r["scale"])
         delta = f"{r['gflops'] - base['gflops']:+.2f}" if base and r is not base else ""
         lines.append(
-            f"| `{name}` | {r['params']:,} | {r['gflops']:.2f} | {delta} | {r['gflops_ultralytics']:.1f} |"
+            f"| `{name}` | {int(r['params']):,} | {r['gflops']:.2f} | {delta} | {r['gflops_ultralytics']:.1f} |"
         )
     lines += [
         "",
-        f"Counted at a 1x3x{imgsz}x{imgsz} input with `torch.utils.flop_counter.FlopCounterMode` under "
-        "`no_grad` (2 FLOPs per multiply-add; every convolution, linear layer and matrix product, so "
-        "softmax attention's N x N products count in full; elementwise ops, softmax, BatchNorm, pooling "
-        f"and upsampling are not counted), TSSA through its `{os.environ.get('TSSA_IMPL', 'auto')}` "
-        "implementation. Ultralytics' estimate is `model.info()`'s thop figure.",
+        f'Counted at a 1x3x{imgsz}x{imgsz} input in the project\'s FLOP convention (see "FLOPs" below: '
+        "2 per multiply-add of every convolution, linear layer and matrix product, so softmax attention's "
+        "N x N products count in full, plus 1 per elementwise operation), TSSA through its reference "
+        f"equations; rows of run `{run_id}` of the `yolo-table` suite. Ultralytics' estimate is "
+        "`model.info()`'s thop figure.",
         "",
     ]
     by_key = {(r["variant"], r["scale"]): r for r in rows}
@@ -114,19 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     import tssa.offline
 
     tssa.offline.configure_offline()
-    from tssa.ultralytics import SCALES, VARIANTS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=SCALES)
-    parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     parser.add_argument(
         "--write-readme", nargs="?", const=str(README), default=None, metavar="PATH", help="README to update"
     )
     args = parser.parse_args(argv)
-    if args.imgsz < 32 or args.imgsz % 32:
-        parser.error(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
     readme = Path(args.write_readme) if args.write_readme else None
     if readme is not None:
         if not readme.is_file():
@@ -134,13 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text()
         if text.count(START) != 1 or text.count(END) != 1:
             parser.error(f"--write-readme: {readme} needs exactly one {START} and one {END}")
-    # count the reference equations: faster TSSA paths may reorganise the same work into other ops
-    os.environ.setdefault("TSSA_IMPL", "naive")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    block = render(measure(args.variants, args.scales, args.imgsz), args.imgsz)
+    rows, run_id = measure(args.results_dir)
+    block = render(rows, 640, run_id)
     print(block)
     if readme is not None:
         try:

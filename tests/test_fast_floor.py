@@ -1,4 +1,4 @@
-"""benchmarks.floor: the floor ratios, the memory ratios, the GPU row builder (run on CPU) and the CLI."""
+"""benchmarks.floor: the layer over its two projections, measured as cells of a run; the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from benchmarks import floor
+from benchmarks.complexity.operator import core_traffic_bytes
+from benchmarks.store import list_runs
 
 
 def test_memory_ratios_are_exact_and_rank_the_paths():
@@ -19,38 +21,26 @@ def test_memory_ratios_are_exact_and_rank_the_paths():
     assert a["mib"]["floor"] > 0
 
 
-def test_floor_ratios_report_every_impl():
-    r = floor.floor_ratios(256, 64, 4, ["naive", "stream"], min_run_time=0.03)
-    assert set(r["ms"]) == {"floor", "naive", "stream"}
-    assert all(v > 0 for v in r["ms"].values())
-    assert r["ratio"]["stream"] == pytest.approx(r["ms"]["stream"] / r["ms"]["floor"])
-
-
-def test_core_rows_validate_against_the_store(tmp_path):
-    from benchmarks.store import ResultStore
-
-    rows = floor.gpu_core_rows([64, 100], dim=32, heads=4, dtypes=("float32",), device="cpu", suite="t")
-    store = ResultStore(tmp_path / "t.jsonl", suite="t")
-    assert store.append(rows) == len(rows)
-    cells = {(r["variant"], r["pass"], r["tokens"], r["metric"]) for r in rows}
-    for n in (64, 100):
-        for p in ("fwd", "fwd+bwd"):
-            assert ("tssa:stream", p, n, "latency_ms") in cells
-            assert ("tssa:stream", p, n, "achieved_gbps") in cells
-            assert ("sdpa", p, n, "latency_ms") in cells
-    assert all(r["error"] is None and r["value"] > 0 for r in rows)
-
-
 def test_core_traffic_counts_passes():
-    assert floor.core_traffic_bytes(10, 4, backward=False) == 160
-    assert floor.core_traffic_bytes(10, 2, backward=True) == 120
+    assert core_traffic_bytes(10, 4, backward=False) == 160
+    assert core_traffic_bytes(10, 2, backward=True) == 120
 
 
-def test_cli_prints_time_and_memory(capsys):
-    assert floor.main(["--tokens", "128", "--dim", "32", "--heads", "4", "--min-run-time", "0.03"]) == 0
+def test_cli_measures_cells_into_a_run_and_writes_the_readme_block(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- floor:begin -->\n<!-- floor:end -->\n")
+    argv = ["--tokens", "128", "--dim", "32", "--heads", "4", "--impls", "naive", "stream",
+            "--min-run-time", "0.01", "--results-dir", str(tmp_path / "r"), "--readme", str(readme)]  # fmt: skip
+    assert floor.main(argv) == 0
     out = capsys.readouterr().out
-    assert "N=   128  time" in out and "N=   128  memory" in out
-    assert "stream=" in out and "naive=" in out
+    assert re.search(r"N=   128  fwd     time    naive=\d+\.\d\dx  stream=\d+\.\d\dx", out)
+    assert re.search(r"N=   128  fwd\+bwd memory  naive=\d+\.\d\dx  stream=\d+\.\d\dx", out)
+    (run,) = list_runs(tmp_path / "r", "floor", "local")
+    assert run.summary() == {"finished": 6}  # 3 variants x 2 passes
+    assert "python -m benchmarks.floor --tokens 128" in readme.read_text()
+    # the same command resumes nothing (the run is complete) and a second run starts
+    assert floor.main(argv) == 0
+    assert len(list_runs(tmp_path / "r", "floor", "local")) == 2
 
 
 @pytest.mark.parametrize(
@@ -62,11 +52,12 @@ def test_cli_prints_time_and_memory(capsys):
         (["--tokens", "0"], "--tokens must be >= 1"),
     ],
 )
-def test_cli_rejects_bad_input(argv, match, capsys):
+def test_cli_rejects_bad_input(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        floor.main(argv)
+        floor.main([*argv, "--results-dir", str(tmp_path)])
     assert exc.value.code == 2
     assert re.search(match, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
@@ -75,4 +66,4 @@ def test_cli_cuda_without_a_gpu_says_so(capsys, tmp_path):
         floor.main(["--device", "cuda", "--results-dir", str(tmp_path)])
     assert exc.value.code == 2
     assert "no CUDA device is available" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())  # nothing written
+    assert not list(tmp_path.iterdir())

@@ -1,14 +1,12 @@
-"""Suite definitions: YAML files validated on load into plain dicts with every default filled in.
+"""Suite definitions: YAML files validated completely on load (pydantic), returned as plain dicts.
 
-``load_suite("cpu")`` reads the embedded ``cpu.yaml`` beside this file; any other argument ending
-in ``.yaml``/``.yml`` is read as a path. Unknown keys, wrong types and impossible values raise a
-one-line ``ValueError`` naming the key and what to write instead.
+``load_suite("cpu")`` reads the embedded ``cpu.yaml`` beside this file; an argument ending in
+``.yaml``/``.yml`` is read as a path. Unknown keys, wrong types, impossible values, names that are
+not path-safe, a custom file that reuses an embedded suite's name and variant names no registry
+knows are refused with one line naming the key and the allowed values (:class:`SuiteError`).
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
-``timeout_s``, and sections. The ``complexity`` section has ``operator`` (token sweep of single
-operators) and ``model`` (image-size sweep of whole models: ``yolo`` and ``timm`` lists) parts.
-Sections other parts of the harness define (``detection``, ``classification``) pass through as
-dicts for their own validation.
+``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep).
 
 >>> suite = load_suite("cpu")
 >>> suite["device"], suite["complexity"]["operator"]["dim"]
@@ -17,156 +15,224 @@ dicts for their own validation.
 
 from __future__ import annotations
 
-from copy import deepcopy
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SUITES_DIR = Path(__file__).resolve().parent
-PASSES = ("fwd", "fwd+bwd")
-OP_VARIANTS = ("tssa", "softmax", "sdpa", "floor")
-
-_TOP = {
-    "name": (str, None),
-    "device": (str, "cpu"),
-    "threads": (int, 1),
-    "seed": (int, 0),
-    "memory_budget_gib": ((int, float), 4.0),
-    "timeout_s": ((int, float), 120),
-    "complexity": (dict, None),
-    "detection": (dict, None),
-    "classification": (dict, None),
-}
-_OPERATOR = {
-    "tokens": (list, None),
-    "batch": (int, 1),
-    "dim": (int, 384),
-    "heads": (int, 8),
-    "dtype": (str, "float32"),
-    "passes": (list, ["fwd", "fwd+bwd"]),
-    "variants": (list, ["tssa:*", "softmax", "sdpa", "floor"]),
-    "rounds": (int, 3),
-    "min_run_time": ((int, float), 0.2),
-    "profile_max_tokens": (int, 4096),
-    "fit_min_tokens": (int, 1024),
-}
-_MODEL = {
-    "passes": (list, ["fwd"]),
-    "batch": (int, 1),
-    "rounds": (int, 2),
-    "min_run_time": ((int, float), 0.2),
-    "yolo": (dict, None),
-    "timm": (dict, None),
-}
-_FAMILY = {"variants": (list, None), "image_sizes": (list, None)}
-DTYPES = ("float32", "float64", "float16", "bfloat16")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Pass = Literal["fwd", "fwd+bwd"]
+DType = Literal["float32", "float64", "float16", "bfloat16"]
 
 
-def _check(where: str, data: Any, schema: dict[str, tuple], required: tuple[str, ...] = ()) -> dict:
-    if not isinstance(data, dict):
-        raise ValueError(f"suite {where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(schema))
-    if unknown:
-        raise ValueError(f"suite {where}: unknown key(s) {unknown}; allowed keys are {sorted(schema)}")
-    out = {}
-    for key, (types, default) in schema.items():
-        if key not in data or data[key] is None:
-            if key in required:
-                raise ValueError(f"suite {where}: missing required key {key!r}")
-            out[key] = deepcopy(default)
-            continue
-        val = data[key]
-        if isinstance(val, bool) or not isinstance(val, types):
-            names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-            raise ValueError(f"suite {where}.{key}: expected {names}, got {val!r}")
-        out[key] = val
-    return out
+class SuiteError(ValueError):
+    """A suite file that cannot be used; the message is one line naming the key and the fix."""
 
 
-def _positive_ints(where: str, values: list) -> list[int]:
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"suite {where}: expected a non-empty list of positive integers, got {values!r}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"suite {where}: duplicate entries in {values!r}")
-    return sorted(values)
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _passes(where: str, values: list) -> list[str]:
-    bad = [p for p in values if p not in PASSES]
-    if not values or bad:
-        raise ValueError(
-            f"suite {where}: passes must be a non-empty subset of {list(PASSES)}, got {values!r}"
-        )
-    return list(values)
+def _sizes(v: list[int], what: str) -> list[int]:
+    if not v:
+        raise ValueError(f"{what} must be a non-empty list of positive integers")
+    if any(x < 1 for x in v):
+        raise ValueError(f"{what} must be positive integers, got {v}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"duplicate entries in {v}")
+    return sorted(v)
+
+
+def _passes(v: list[str]) -> list[str]:
+    if not v or len(set(v)) != len(v):
+        raise ValueError(f"passes must be a non-empty list without duplicates, got {v}")
+    return v
+
+
+class OperatorSection(_Strict):
+    tokens: list[int]
+    batch: int = Field(1, ge=1)
+    dim: int = Field(384, ge=1)
+    heads: int = Field(8, ge=1)
+    dtype: DType = "float32"
+    passes: list[Pass] = ["fwd", "fwd+bwd"]
+    variants: list[str] = ["tssa:*", "softmax", "sdpa", "floor"]
+    threads: list[int] | None = None  # thread counts swept (default: the suite's threads)
+    rounds: int = Field(3, ge=1)
+    min_run_time: float = Field(0.2, gt=0)
+    profile_max_tokens: int = Field(4096, ge=0)
+    fit_min_tokens: int = Field(1024, ge=1)
+
+    _tok = field_validator("tokens")(lambda v: _sizes(v, "tokens"))
+    _pas = field_validator("passes")(lambda v: _passes(v))
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v):
+        return None if v is None else _sizes(v, "threads")
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v):
+        from benchmarks.complexity.operator import check_variant
+
+        if not v:
+            raise ValueError("variants must be a non-empty list")
+        for name in v:
+            check_variant(name)
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        return self
+
+
+class FamilySection(_Strict):
+    variants: list[str]
+    image_sizes: list[int]
+    _sz = field_validator("image_sizes")(lambda v: _sizes(v, "image_sizes"))
+
+
+class ModelSection(_Strict):
+    passes: list[Pass] = ["fwd", "fwd+bwd"]
+    batch: int = Field(1, ge=1)
+    rounds: int = Field(2, ge=1)
+    min_run_time: float = Field(0.2, gt=0)
+    profile_max_size: int = Field(640, ge=0)
+    timing: bool = True  # False: count-only cells (params, FLOPs, MACs, memory), no latency rows
+    yolo: FamilySection | None = None
+    timm: FamilySection | None = None
+    _pas = field_validator("passes")(lambda v: _passes(v))
+
+    @model_validator(mode="after")
+    def _names(self):
+        from benchmarks.complexity.model import check_model
+
+        for fam in ("yolo", "timm"):
+            sec = getattr(self, fam)
+            if sec is not None:
+                if not sec.variants:
+                    raise ValueError(f"{fam}.variants must be a non-empty list")
+                for v in sec.variants:
+                    check_model(fam, v)
+        return self
+
+
+class ComplexitySection(_Strict):
+    operator: OperatorSection | None = None
+    model: ModelSection | None = None
+
+
+class Suite(_Strict):
+    name: str
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    memory_budget_gib: float = Field(4.0, gt=0)
+    timeout_s: float = Field(120, gt=0)
+    complexity: ComplexitySection | None = None
+    detection: dict | None = None
+    classification: dict | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a path-safe name (letters, digits, '_', '.', '-'; at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _sections(self):
+        for sec in ("detection", "classification"):
+            if getattr(self, sec) is not None:
+                raise ValueError(
+                    f"the {sec!r} section is not supported by this version of the harness; remove it "
+                    "(supported sections: complexity)"
+                )
+        return self
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key; allowed keys: {_allowed(err['loc'][:-1])}"
+    if err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+        msg = f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}"
+    elif err["type"].endswith("_type"):
+        msg = f"{msg}, got {err.get('input')!r}"
+    where = f"{source}.{loc}" if loc else source
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"suite {where}: {msg}{more}".replace("\n", " ")
+
+
+def _allowed(loc: tuple) -> list[str]:
+    """The keys a model at ``loc`` (a path of field names from :class:`Suite`) accepts."""
+    import typing
+
+    model: Any = Suite
+    for part in loc:
+        ann = model.model_fields[part].annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else ann
+    return sorted(model.model_fields)
+
+
+def _float_ok(data: Any) -> Any:
+    """YAML ints are accepted where floats are meant (strict mode would refuse ``timeout_s: 15``)."""
+    floats = {"memory_budget_gib", "timeout_s", "min_run_time"}
+    if isinstance(data, dict):
+        return {k: (float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else _float_ok(v))
+                for k, v in data.items()}  # fmt: skip
+    return data
 
 
 def validate_suite(data: Any, source: str = "<suite>") -> dict[str, Any]:
-    """Check a parsed suite and return it with defaults filled in (raises ValueError)."""
-    suite = _check(source, data, _TOP, required=("name",))
-    if suite["device"] not in ("cpu", "cuda"):
-        raise ValueError(f"suite {source}.device: expected 'cpu' or 'cuda', got {suite['device']!r}")
-    for key in ("threads", "memory_budget_gib", "timeout_s"):
-        if suite[key] <= 0:
-            raise ValueError(f"suite {source}.{key}: must be > 0, got {suite[key]!r}")
-    cx = suite["complexity"]
-    if cx is not None:
-        unknown = sorted(set(cx) - {"operator", "model"})
-        if unknown:
-            raise ValueError(
-                f"suite {source}.complexity: unknown key(s) {unknown}; allowed: ['model', 'operator']"
-            )
-        if cx.get("operator") is not None:
-            op = _check(f"{source}.complexity.operator", cx["operator"], _OPERATOR, required=("tokens",))
-            where = f"{source}.complexity.operator"
-            op["tokens"] = _positive_ints(f"{where}.tokens", op["tokens"])
-            op["passes"] = _passes(where, op["passes"])
-            for key in ("batch", "dim", "heads", "rounds"):
-                if op[key] < 1:
-                    raise ValueError(f"suite {where}.{key}: must be >= 1, got {op[key]}")
-            if op["dim"] % op["heads"]:
-                raise ValueError(f"suite {where}: dim {op['dim']} must be divisible by heads {op['heads']}")
-            if op["dtype"] not in DTYPES:
-                raise ValueError(f"suite {where}.dtype: expected one of {list(DTYPES)}, got {op['dtype']!r}")
-            if op["min_run_time"] <= 0:
-                raise ValueError(f"suite {where}.min_run_time: must be > 0, got {op['min_run_time']}")
-            for v in op["variants"]:
-                if not isinstance(v, str) or v.split(":", 1)[0] not in OP_VARIANTS:
-                    raise ValueError(
-                        f"suite {where}.variants: unknown variant {v!r}; use tssa:<impl>, tssa:*, "
-                        "softmax, sdpa or floor"
-                    )
-            cx["operator"] = op
-        if cx.get("model") is not None:
-            where = f"{source}.complexity.model"
-            model = _check(where, cx["model"], _MODEL)
-            model["passes"] = _passes(where, model["passes"])
-            for fam in ("yolo", "timm"):
-                if model[fam] is not None:
-                    f = _check(f"{where}.{fam}", model[fam], _FAMILY, required=("variants", "image_sizes"))
-                    f["image_sizes"] = _positive_ints(f"{where}.{fam}.image_sizes", f["image_sizes"])
-                    if not f["variants"] or not all(isinstance(v, str) and v for v in f["variants"]):
-                        raise ValueError(f"suite {where}.{fam}.variants: expected a non-empty list of names")
-                    model[fam] = f
-            cx["model"] = model
-    return suite
+    """Check a parsed suite and return it as a dict with every default filled in (SuiteError)."""
+    if not isinstance(data, dict):
+        raise SuiteError(f"suite {source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(_float_ok(data))
+    except ValidationError as exc:
+        raise SuiteError(_one_line(exc, source)) from None
+    return suite.model_dump()
+
+
+def embedded_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
 def load_suite(name_or_path: str) -> dict[str, Any]:
-    """Load and validate an embedded suite by name (``cpu``, ``gpu``) or a YAML file by path."""
-    if name_or_path.endswith((".yaml", ".yml")):
-        path = Path(name_or_path)
-    else:
+    """Load and validate an embedded suite by name (``cpu``, ``gpu``, ...) or a YAML file by path."""
+    embedded = not name_or_path.endswith((".yaml", ".yml"))
+    if embedded:
         path = SUITES_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-            raise ValueError(
-                f"unknown suite {name_or_path!r}; embedded suites are {known}, or give a .yaml path"
+        if not NAME_RE.match(name_or_path) or not path.exists():
+            raise SuiteError(
+                f"unknown suite {name_or_path!r}; embedded suites are {embedded_names()}, or give a .yaml path"
             )
-    if not path.exists():
-        raise ValueError(f"suite file {path} does not exist")
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SuiteError(f"suite file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"suite file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return validate_suite(data, source=path.name)
+        raise SuiteError(f"suite file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    suite = validate_suite(data, source=path.name)
+    if (
+        not embedded
+        and suite["name"] in embedded_names()
+        and path.resolve() != (SUITES_DIR / f"{suite['name']}.yaml")
+    ):
+        raise SuiteError(
+            f"suite {path.name}.name: {suite['name']!r} is the name of an embedded suite; give your suite "
+            "its own name so its runs are not mistaken for the embedded suite's"
+        )
+    return suite
