@@ -1,10 +1,14 @@
 """ToST in timm: registration, parameter counts against the official layout, forward/backward,
-mixers equal to their references, checkpoints (own and official key names), timm's model API."""
+mixers equal to their references, checkpoints (own and official key names), timm's model API, and the
+official training recipe (weight decay, dropout, which checkpoint weights load)."""
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,9 +250,7 @@ def test_timm_model_api():
     x = torch.randn(2, 3, 64, 64)
     ref = model(x)
     assert model.get_classifier() is model.head and model.head.out_features == 5
-    nwd = model.no_weight_decay()
-    assert "cls_token" in nwd and {f"blocks.{i}.attn.temp" for i in range(12)} <= nwd
-    assert set(nwd) <= {n for n, _ in model.named_parameters()}
+    assert model.no_weight_decay() == {"cls_token"}  # the official top-level list, less absent names
     model.set_grad_checkpointing(True)
     torch.testing.assert_close(model(x), ref)
     model.set_grad_checkpointing(False)
@@ -381,8 +383,10 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
     )
     opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     no_decay = {id(p) for grp in opt.param_groups if grp["weight_decay"] == 0.0 for p in grp["params"]}
-    assert id(model.blocks[0].attn.temp) in no_decay and id(model.cls_token) in no_decay
-    assert id(model.blocks[0].attn.qkv.weight) not in no_decay
+    assert id(model.cls_token) in no_decay and id(model.blocks[0].gamma1) in no_decay
+    assert (
+        id(model.blocks[0].attn.qkv.weight) not in no_decay and id(model.blocks[0].attn.temp) not in no_decay
+    )
     model.train()
     losses = []
     for _ in range(6):
@@ -441,3 +445,154 @@ def test_docstring_examples():
     for module in (importlib.import_module("tssa.timm"), importlib.import_module("tssa.timm.tost")):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+# ---- the official training recipe (tost_vision/main.py with timm 0.4.12) ----
+
+
+def _readme_recipe_rows() -> dict[str, str]:
+    """The README's ToST table: first code span of the official cell -> the project's cell."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## ToST in timm", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        key = re.search(r"`([^`]+)`", cells[0]) if line.startswith("| ") and len(cells) == 2 else None
+        if key:
+            rows[key.group(1)] = cells[1]
+    return rows
+
+
+def _official_vision_decayed(model) -> set[str]:
+    """timm 0.4.12's create_optimizer(args, model) as main.py calls it, written out: no decay for 1-D
+    parameters, names ending in '.bias' and the names the official top-level no_weight_decay() returns."""
+    skip = {"pos_embed", "cls_token", "dist_token"}
+    return {
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and not (len(p.shape) == 1 or n.endswith(".bias") or n in skip)
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["tost_tiny_12_p16_224", "tost_xca_tiny_12_p8_224", "tost_softmax_tiny_24_p16_224"]
+)
+def test_timm_optimizer_decays_what_the_official_vision_recipe_decays(name):
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+    model = timm.create_model(name, num_classes=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() >= 1 for p in model.parameters())  # 0-d parameters would split the two rules
+
+    def decayed(opt):
+        return {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+    got = decayed(create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05))
+    assert got == _official_vision_decayed(model)
+    temps = {n for n in names.values() if n.endswith(("attn.temp", "attn.temperature"))}
+    assert temps <= got and ("softmax" in name) == (not temps)  # the official recipe decays them
+    # the language recipe's exemption of the temperatures, as the README shows it
+    other = create_optimizer_v2(
+        model,
+        "adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        param_group_fn=lambda m: param_groups_weight_decay(
+            m, 0.05, no_weight_decay_list={"cls_token", "blocks.*.attn.temp", "blocks.*.attn.temperature"}
+        ),
+    )
+    assert decayed(other) == got - temps
+
+
+def _dropout_places(model) -> dict[str, float]:
+    """Module path -> rate of every dropout (nn.Dropout, DropPath, TSSA's gate dropout) with rate > 0;
+    timm 1.x's Mlp.drop1/drop2 count as the one Mlp.drop of timm 0.4 (both must have its rate)."""
+    from timm.layers import DropPath
+
+    places: dict[str, float] = {}
+    for n, m in model.named_modules():
+        rate = None
+        if isinstance(m, torch.nn.Dropout):
+            rate = m.p
+        elif isinstance(m, DropPath):
+            rate = m.drop_prob
+        elif isinstance(m, TokenStatisticsAttention):
+            n, rate = f"{n}.attn_drop", m.attn_drop
+        if rate:
+            key = re.sub(r"\.mlp\.drop[12]$", ".mlp.drop", n)
+            assert places.setdefault(key, rate) == rate, key
+    return places
+
+
+def _official_dropout_places(depth: int, drop: float, drop_path: float, attn_drop: float) -> dict[str, float]:
+    """Where tost_vision/tost.py's VisionTransformer(drop_rate=drop, drop_path_rate=drop_path,
+    attn_drop_rate=attn_drop) puts dropout (rates > 0 only): pos_drop; in each TSSA block the gate
+    (attn.attn_drop), attn.to_out.1, the Mlp's drop and drop_path; in each class-attention block
+    attn.attn_drop, attn.proj_drop and the Mlp's drop (no drop path); nothing before the head."""
+    places = {"pos_drop": drop}
+    for i in range(depth):
+        p = f"blocks.{i}"
+        places.update({f"{p}.attn.attn_drop": attn_drop, f"{p}.attn.to_out.1": drop, f"{p}.mlp.drop": drop})
+        places[f"{p}.drop_path"] = drop_path
+    for j in range(2):
+        p = f"cls_attn_blocks.{j}"
+        places.update({f"{p}.attn.attn_drop": attn_drop, f"{p}.attn.proj_drop": drop, f"{p}.mlp.drop": drop})
+    return {k: v for k, v in places.items() if v > 0}
+
+
+def _kwargs_from_readme(cell: str, values: dict[str, float]) -> dict[str, float]:
+    code = re.search(r"`([^`]+)`", cell).group(1)  # e.g. "pos_drop_rate=P, proj_drop_rate=P"
+    pairs = [part.strip().split("=") for part in code.split(",")]
+    return {k.strip(): values[v.strip()] for k, v in pairs}
+
+
+def test_readme_dropout_arguments_reproduce_the_official_flags():
+    rows = _readme_recipe_rows()
+    drop, drop_path = 0.1, 0.05
+    kwargs = _kwargs_from_readme(rows["--drop P"], {"P": drop})
+    kwargs |= _kwargs_from_readme(rows["--drop-path Q"], {"Q": drop_path})
+    assert kwargs == {"pos_drop_rate": drop, "proj_drop_rate": drop, "drop_path_rate": drop_path}
+    for name, depth in (("tost_tiny_12_p16_224", 12), ("tost_xca_tiny_24_p16_224", 24)):
+        model = timm.create_model(name, device="meta", attn_drop_rate=0.02, **kwargs)
+        want = _official_dropout_places(depth, drop, drop_path, attn_drop=0.02)
+        if "xca" in name:  # XCA's attn_drop is a module on the softmax, not TSSA's gate
+            want = {k.replace(".attn.to_out.1", ".attn.proj_drop"): v for k, v in want.items()}
+        assert _dropout_places(model) == want
+    # timm's own convention: drop_rate alone is dropout before the classifier, which the official model lacks
+    head_only = timm.create_model("tost_tiny_12_p16_224", device="meta", drop_rate=drop)
+    assert _dropout_places(head_only) == {"head_drop": drop}
+
+
+def test_which_weights_each_documented_loading_path_gives(tmp_path):
+    """An official-style checkpoint (main.py saves 'model' and 'model_ema', plus optimizer state and
+    the argparse namespace): the README's rows say which path gives which, and each path does."""
+    from timm.models import load_checkpoint
+
+    rows = _readme_recipe_rows()
+    assert "use_ema=False" in rows["model"] and "checkpoint_filter_fn" in rows["model"]
+    assert "checkpoint_path=path" in rows["model_ema"] and "load_checkpoint(model, path)" in rows["model_ema"]
+    name = "tost_tiny_12_p16_224"
+    torch.manual_seed(0)
+    trained = timm.create_model(name, num_classes=3).state_dict()
+    ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in trained.items()}  # differs everywhere
+    path = tmp_path / "checkpoint.pth"
+    ckpt = {"model": trained, "model_ema": ema, "epoch": 3, "args": argparse.Namespace(model=name, drop=0.0)}
+    torch.save(dict(ckpt, optimizer={"state": {}, "param_groups": []}, lr_scheduler={}, scaler={}), path)
+
+    def same(model, want):
+        got = model.state_dict()
+        return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    assert same(timm.create_model(name, num_classes=3, checkpoint_path=str(path)), ema)
+    model = timm.create_model(name, num_classes=3)
+    load_checkpoint(model, str(path))
+    assert same(model, ema)
+    load_checkpoint(model, str(path), use_ema=False)
+    assert same(model, trained)
+    pre = timm.create_model(
+        name, pretrained=True, num_classes=3, pretrained_cfg_overlay=dict(file=str(path), num_classes=3)
+    )
+    assert same(pre, ema)
+    model = timm.create_model(name, num_classes=3)
+    model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=False), model))
+    assert same(model, trained)

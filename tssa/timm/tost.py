@@ -16,8 +16,11 @@ ICLR 2025 (arXiv 2412.17810). The vision models are XCiT-shaped (El-Nouby et al.
 "xcit_cab"). Names of parameters and their shapes follow the official checkpoints
 (``patch_embed.proj.{0,2,4,6}``, ``pos_embeder.token_projection``, ``blocks.{i}.attn.{qkv,temp,to_out.0}``,
 ``cls_attn_blocks.{j}.attn.{qkv,proj}``, ``gamma1``/``gamma2``, ``norm``, ``head``), so an official
-state dict loads with ``load_state_dict`` as it is; :func:`checkpoint_filter_fn` also accepts
-wrapped, ``module.``-prefixed or timm-XCiT-renamed (``pos_embed.``) state dicts.
+state dict loads with ``load_state_dict`` as it is (compared: every key and shape against the layout
+written out in ``tests/test_timm.py``, and each mixer's output against its equations);
+:func:`checkpoint_filter_fn` also accepts wrapped, ``module.``-prefixed or timm-XCiT-renamed
+(``pos_embed.``) state dicts. Training recipe: weight decay and dropout as the official ``main.py``
+sets them, see :meth:`ToST.no_weight_decay` and :class:`ToST`.
 
 timm API: ``forward_features`` returns the patch tokens after the last token-mixing block as an NHWC
 map (B, H/p, W/p, C) (``output_fmt = "NHWC"``); the class-attention blocks, the final norm and the
@@ -383,6 +386,13 @@ class ToST(nn.Module):
     ``attn_layer`` is ``"tssa"`` (ToST), ``"softmax"`` or ``"xca"`` (the paper's controls), or a class
     with the :mod:`tssa.nn` constructor. ``eta`` is the layer-scale init (1.0 at depth 12, 1e-5 at 24).
 
+    Dropout follows timm 1.x: ``drop_rate`` is dropout before the classifier (the official model has
+    none), ``pos_drop_rate`` after the positional encoding, ``proj_drop_rate`` after every mixer's
+    output projection and in every MLP (class-attention blocks included), ``attn_drop_rate`` inside
+    the mixers, ``drop_path_rate`` the same in every token-mixing block (none in the class-attention
+    blocks). The official ``--drop P`` is ``pos_drop_rate=P, proj_drop_rate=P`` (``drop_rate=0``);
+    ``--drop-path Q`` is ``drop_path_rate=Q`` (placements compared in ``tests/test_timm.py``).
+
     >>> model = ToST(embed_dim=64, depth=2, num_heads=4, num_classes=10)
     >>> model(torch.randn(2, 3, 64, 96)).shape
     torch.Size([2, 10])
@@ -499,12 +509,17 @@ class ToST(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameters exempt from weight decay: the class token and the mixers' temperatures."""
-        names = {"cls_token"}
-        for i, blk in enumerate(self.blocks):
-            nwd = getattr(blk.attn, "no_weight_decay", None)
-            names |= {f"blocks.{i}.attn.{n}" for n in (nwd() if callable(nwd) else ())}
-        return names
+        """Names exempt from weight decay besides 1-D parameters and biases: the class token only.
+
+        This reproduces the official vision recipe: ``main.py`` calls timm 0.4's
+        ``create_optimizer(args, model)``, which exempts 1-D parameters, names ending in ``.bias`` and
+        the names of the top-level ``no_weight_decay()`` (``pos_embed``, ``cls_token``, ``dist_token``;
+        only ``cls_token`` exists), and never consults the mixers' own lists, so the temperatures
+        ``temp`` (H, 1) and XCA's ``temperature`` (H, 1, 1) are decayed. timm's
+        ``create_optimizer_v2`` with this list decays the same set (compared name by name in
+        ``tests/test_timm.py``).
+        """
+        return {"cls_token"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -643,7 +658,9 @@ _ALIASES = (("pos_embed.", "pos_embeder."),)
 def checkpoint_filter_fn(state_dict: dict, model: ToST) -> dict:
     """Map an official ToST (or XCiT-style) state dict onto :class:`ToST`'s names and shapes.
 
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}``, strips a ``module.`` prefix (DDP), renames
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` (``model``, the weights the official ``--eval``
+    reads, before ``model_ema``; timm's own loaders unwrap first and prefer ``model_ema`` unless given
+    ``use_ema=False``), strips a ``module.`` prefix (DDP), renames
     timm-XCiT's ``pos_embed.`` to the official ``pos_embeder.``, reshapes temperatures saved as (H,)
     or (H, 1, 1) to the model's shape, and drops a distillation token/head the model does not have.
     """

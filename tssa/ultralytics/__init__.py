@@ -23,7 +23,8 @@ outside the token mixer (``cv1``, ``cv2``, ``m.*.ffn``). So under the same seed 
 ``attn`` starts equal to stock YOLO11's, and the variants differ from stock only in the mixer. ``check_yaml`` is
 wrapped so that bare names like ``yolo11n-tssa.yaml`` resolve to the files shipped here when no
 such file exists in the working directory. ``BaseTrainer.build_optimizer`` is wrapped so that
-TSSA's temperatures skip weight decay, as in ToST (:func:`exempt_from_weight_decay`).
+TSSA's temperatures skip weight decay (:func:`exempt_from_weight_decay`), as the official ToST
+language recipe does; its vision recipe decays them.
 
 >>> import tssa.ultralytics
 >>> from ultralytics import YOLO
@@ -157,7 +158,8 @@ def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
 
 def exempt_from_weight_decay(optimizer, model) -> int:
     """Move the parameters that ``no_weight_decay()`` of the TSSA layers names (the temperatures) into
-    the optimizer's no-decay group, as ToST trains them. Returns how many were moved.
+    the optimizer's no-decay group, as the official ToST language recipe does (its vision recipe
+    decays them; this plug-in's choice). Returns how many were moved.
 
     Ultralytics' ``build_optimizer`` decays every weight that is not a norm weight or a bias, so the
     temperature ``temp`` (H, 1) would otherwise be decayed. Call before the first step.
