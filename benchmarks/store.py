@@ -82,6 +82,7 @@ _PACKAGES = (
 )  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "local"
+ARTIFACTS = "artifacts"  # a run's training artefacts (weights, logs): never published, never in git
 
 
 def _now() -> str:
@@ -457,6 +458,12 @@ class Run:
             if rec.get("type") == "row" and finished.get(rec["cell"]) == rec["attempt"]
         ]
 
+    def artifacts(self, cell_hash: str) -> Path:
+        """The folder for one cell's training artefacts (weights, logs): ``<run>/artifacts/<hash>``."""
+        path = self.path / ARTIFACTS / cell_hash
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def summary(self) -> dict[str, int]:
         """Number of cells per latest event."""
         out: dict[str, int] = {}
@@ -545,8 +552,8 @@ def load_rows(runs: Iterable[Run]):
 
 
 def publish(run: Run, results_dir: str | os.PathLike = "results") -> Path:
-    """Copy a complete local run into the published area ``results/<suite>/<run id>``; never
-    replaces a published run."""
+    """Copy a complete local run (its record and log; not its ``artifacts/`` folder of weights and
+    logs) into the published area ``results/<suite>/<run id>``; never replaces a published run."""
     rec = run.record
     if rec["status"] != "complete":
         raise ValueError(f"run {run.id} is not complete ({run.summary()}); finish it before publishing")
@@ -556,6 +563,6 @@ def publish(run: Run, results_dir: str | os.PathLike = "results") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{run.id}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run.path, tmp)
+    shutil.copytree(run.path, tmp, ignore=shutil.ignore_patterns(ARTIFACTS, ".*.tmp"))
     os.replace(tmp, target)
     return target

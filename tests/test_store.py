@@ -242,8 +242,10 @@ def test_an_exception_in_a_group_fails_its_cells_and_the_run_goes_on(tmp_path):
 
 def test_published_runs_are_never_resumed_and_selection_is_per_machine(tmp_path):
     run = run_groups("demo", _suite(), [Group(_cells(1), _exec([]))], tmp_path, **QUIET)
+    (run.artifacts("abc") / "last.pt").write_bytes(b"weights")
     target = publish(run, tmp_path)
     assert target == tmp_path / "demo" / run.id
+    assert not (target / "artifacts").exists()  # training artefacts are never published
     with pytest.raises(ValueError, match="already published"):
         publish(run, tmp_path)
     # a published run recorded on another machine
