@@ -52,8 +52,8 @@ def crossover(tokens, t_fast, t_ref) -> dict[str, Any]:
 
 def _config_label(cfg: dict[str, Any]) -> str:
     return (
-        f"{cfg['device']} {cfg['dtype']}, B={cfg['batch']} C={cfg['dim']} H={cfg['heads']}, "
-        f"{cfg['threads']} thread{'s' if cfg['threads'] != 1 else ''}, machine {cfg['machine']}"
+        f"{cfg['device']} {cfg['dtype']}, B={int(cfg['batch'])} C={int(cfg['dim'])} H={int(cfg['heads'])}, "
+        f"{int(cfg['threads'])} thread{'s' if cfg['threads'] != 1 else ''}, machine {cfg['machine']}"
     )
 
 
@@ -82,7 +82,9 @@ def derive(df, fit_min_tokens: int = 1024, reference: str = "sdpa") -> dict[str,
     configs = []
     if not ok.empty:
         for key, g in ok.groupby(list(CONFIG), dropna=False):
-            cfg = dict(zip(CONFIG, key))
+            cfg = {
+                k: (int(v) if k in ("batch", "dim", "heads", "threads") else v) for k, v in zip(CONFIG, key)
+            }
             configs.append(_derive_config(g, cfg, fit_min_tokens, reference))
     return {
         "configs": configs,
@@ -263,9 +265,10 @@ def _models_markdown(models: dict) -> list[str]:
                 if s in m["sizes"]:
                     i = m["sizes"].index(s)
                     pk = m["peak_mib"][i]
-                    cells.append(f"{m['latency_ms'][i]:.1f} ms ({m['tokens'][i]}), {pk:.0f} MiB")
+                    tok = m["tokens"][i] if m["tokens"][i] is not None else "no attention"
+                    cells.append(f"{m['latency_ms'][i]:.1f} ms ({tok}), {pk:.0f} MiB")
                 else:
-                    cells.append("not measured (see run log)")
+                    cells.append("skipped or failed (`benchmarks runs`)")
             slope = f"{m['time_slope_vs_tokens']:.2f}" if m["time_slope_vs_tokens"] is not None else "n/a"
             lines.append(f"| {k[2]} | {k[3]} | " + " | ".join(cells) + f" | {slope} |")
     return lines
