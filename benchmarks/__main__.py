@@ -170,11 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
     args = ap.parse_args(argv)
     args.suite_given = args.suite is not None
-    try:
-        args.suite = load_suite(args.suite or "cpu")
-    except SuiteError as exc:
-        ap.error(str(exc))
-    args.suite_name = args.suite["name"]
+    if args.cmd in ("runs", "publish") and args.suite is not None and not args.suite.endswith((".yaml", ".yml")):
+        from benchmarks.suites import NAME_RE
+
+        if not NAME_RE.match(args.suite):  # a run's suite by name (e.g. floor), embedded or not
+            ap.error(f"--suite {args.suite!r} is not a suite name")
+        args.suite_name = args.suite
+    else:
+        try:
+            args.suite = load_suite(args.suite or "cpu")
+        except SuiteError as exc:
+            ap.error(str(exc))
+        args.suite_name = args.suite["name"]
     args.results_dir_path = Path(args.results_dir)
     return {"run": _cmd_run, "derive": _cmd_derive, "runs": _cmd_runs, "publish": _cmd_publish}[args.cmd](
         args, ap

@@ -1,6 +1,7 @@
 """Params and GFLOPs of every YOLO11 variant x scale at 640 px, from rows, as a Markdown table.
 
-    python scripts/yolo_table.py                      # run the yolo-table suite (resumes), print the table
+    python scripts/yolo_table.py                      # print the table (measures when no run exists)
+    python scripts/yolo_table.py --rerun              # measure again in a new run
     python scripts/yolo_table.py --write-readme       # also replace it between the README markers
 
 The numbers are rows of the embedded suite ``yolo-table`` (``benchmarks/suites/yolo-table.yaml``:
@@ -29,16 +30,30 @@ PUBLIC = [
 ]
 
 
-def measure(results_dir: str = "results") -> tuple[list[dict], str]:
-    """Run (or resume) the ``yolo-table`` suite; one dict per (variant, scale) from its rows, and the run id."""
+def measure(results_dir: str = "results", rerun: bool = False) -> tuple[list[dict], str]:
+    """One dict per (variant, scale) from the rows of the ``yolo-table`` suite, and the run id.
+
+    The rows come from the latest complete run of the suite's configuration on this machine (local
+    or published); the suite is run (or an interrupted run resumed) when there is none, or always
+    with ``rerun``.
+    """
     from benchmarks import complexity
     from benchmarks.runner import run_groups
+    from benchmarks.store import config_hash, list_runs, machine
     from benchmarks.suites import load_suite
 
     suite = load_suite("yolo-table")
-    run = run_groups(
-        "yolo-table", suite, complexity.plan("yolo-table", suite), results_dir, log=lambda *a: None
-    )
+    done = [
+        r
+        for r in list_runs(results_dir, "yolo-table")
+        if r.record["status"] == "complete"
+        and r.record["config_hash"] == config_hash(suite)
+        and r.record["machine"]["id"] == machine()["id"]
+    ]
+    if done and not rerun:
+        run = done[-1]
+    else:
+        run = run_groups("yolo-table", suite, complexity.plan("yolo-table", suite), results_dir, log=lambda *a: None)
     by: dict[str, dict] = {}
     for r in run.rows():
         if r["error"] is not None:
@@ -46,15 +61,11 @@ def measure(results_dir: str = "results") -> tuple[list[dict], str]:
         name = r["variant"]
         scale = name[len("yolo11")]
         entry = by.setdefault(name, {"variant": "yolo11" + name[len("yolo11") + 1 :], "scale": scale})
-        key = {"params": "params", "flops_torch": "gflops", "gflops_ultralytics": "gflops_ultralytics"}.get(
-            r["metric"]
-        )
+        key = {"params": "params", "flops_torch": "gflops", "gflops_ultralytics": "gflops_ultralytics"}.get(r["metric"])
         if key:
             entry[key] = r["value"] / 1e9 if key == "gflops" else r["value"]
     order = {v: i for i, v in enumerate(suite["complexity"]["model"]["yolo"]["variants"])}
-    rows = [
-        by[k] for k in sorted(by, key=order.get) if {"params", "gflops", "gflops_ultralytics"} <= set(by[k])
-    ]
+    rows = [by[k] for k in sorted(by, key=order.get) if {"params", "gflops", "gflops_ultralytics"} <= set(by[k])]
     return rows, run.id
 
 
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     tssa.offline.configure_offline()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
+    parser.add_argument("--rerun", action="store_true", help="measure again even if a complete run exists")
     parser.add_argument(
         "--write-readme", nargs="?", const=str(README), default=None, metavar="PATH", help="README to update"
     )
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text()
         if text.count(START) != 1 or text.count(END) != 1:
             parser.error(f"--write-readme: {readme} needs exactly one {START} and one {END}")
-    rows, run_id = measure(args.results_dir)
+    rows, run_id = measure(args.results_dir, args.rerun)
     block = render(rows, 640, run_id)
     print(block)
     if readme is not None:
