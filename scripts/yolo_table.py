@@ -113,7 +113,7 @@ def write_readme(path: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import tssa.offline
 
-    tssa.offline.configure_offline()
+    tssa.offline.configure_offline(tssa.offline.default_config_dir())  # a private settings dir
     from tssa.ultralytics import SCALES, VARIANTS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
