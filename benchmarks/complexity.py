@@ -657,19 +657,20 @@ def build_model(family: str, variant: str, image_size: int) -> torch.nn.Module:
     raise ValueError(f"unknown model family {family!r}; use 'yolo' or 'timm'")
 
 
-_ATTN_CLASS = re.compile(r"Attention|Attn|Mixer|TSSA|XCA")
+_ATTN_CLASS = re.compile(r"Attention$")
 
 
 def attention_tokens(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
     """Tokens each attention layer sees in ``model(x)``: N of (B, N, C) inputs, H*W of (B, C, H, W).
 
-    An attention layer is a module whose class name contains Attention, Attn, Mixer, TSSA or XCA, or
-    that sits under an attribute called ``attn``, and that is not inside another such module.
+    An attention layer is a module held under an attribute called ``attn`` (the convention of
+    Ultralytics, timm and :mod:`tssa`) or whose class name ends in ``Attention``, and that is not inside
+    another such module. Blocks named after their mixer (``C2TSSA``, ``C2NoAttn``, ``MixerPSABlock``)
+    are not attention layers: a block without a mixer reports nothing, one with n mixers reports n.
     """
 
     def is_attn(name, m):
-        cls = type(m).__name__
-        return bool(_ATTN_CLASS.search(cls)) or name.rsplit(".", 1)[-1] == "attn"
+        return bool(_ATTN_CLASS.search(type(m).__name__)) or name.rsplit(".", 1)[-1] == "attn"
 
     outer = []
     for name, m in model.named_modules():

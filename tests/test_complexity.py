@@ -367,6 +367,18 @@ def test_yolo_p5_attention_sees_the_documented_tokens():
     assert cx.attention_tokens(model.eval(), torch.randn(1, 3, 64, 64)) == [4]  # 2x2 at P5/32
 
 
+def test_attention_tokens_count_attention_layers_only():
+    """A block without a mixer reports no tokens; a block with n mixers reports n (one per layer)."""
+    pytest.importorskip("ultralytics")
+    tu = pytest.importorskip("tssa.ultralytics")
+    x = torch.randn(1, 64, 5, 5)
+    assert cx.attention_tokens(tu.C2NoAttn(64, 64, n=2).eval(), x) == []
+    assert cx.attention_tokens(tu.C2TSSA(64, 64, n=2).eval(), x) == [25, 25]
+    from ultralytics.nn.modules import C2PSA
+
+    assert cx.attention_tokens(C2PSA(128, 128, n=2).eval(), x.repeat(1, 2, 1, 1)) == [25, 25]  # stock agrees
+
+
 def test_variants_expand_to_usable_impls():
     got = cx.expand_variants(["tssa:*", "sdpa", "sdpa"], "cpu", "float32")
     assert "tssa:naive" in got and "tssa:lean" in got and got.count("sdpa") == 1

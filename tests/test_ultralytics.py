@@ -137,9 +137,9 @@ def test_train_defaults_name_no_device():
 
 
 def test_too_old_ultralytics_is_refused_with_the_fix():
-    with pytest.raises(ImportError, match=r"ultralytics>=8\.4\.3.*found 8\.3\.40"):
-        tu._check_version("8.3.40")
-    tu._check_version("8.4.3")
+    with pytest.raises(ImportError, match=r"ultralytics>=8\.4\.113, found 8\.4\.112"):
+        tu._check_version("8.4.112")
+    tu._check_version("8.4.113")
     tu._check_version("8.10.0")
 
 

@@ -3,8 +3,9 @@
 ``import tssa.ultralytics`` applies the offline settings (:func:`tssa.offline.configure_offline`;
 ``TSSA_OFFLINE=0`` opts out), imports ultralytics, and registers the modules of
 :mod:`tssa.ultralytics.modules` and the model YAMLs in ``tssa/ultralytics/cfg/``; no file of the
-installed ultralytics package is edited. Needs Ultralytics >= 8.4.3 (the first release whose
-optimizer builder tags its parameter groups; see :func:`exempt_from_weight_decay`).
+installed ultralytics package is edited. Needs Ultralytics >= 8.4.113 (tagged optimizer parameter
+groups since 8.4.3, see :func:`exempt_from_weight_decay`; ``C2PSA`` below 64 channels since 8.4.113);
+the import refuses older releases.
 Every variant comes at the scales n/s/m/l/x (the scale is read from the file name, as for stock
 models):
 
@@ -54,7 +55,10 @@ from tssa.offline import TRAIN_DEFAULTS, configure_offline, offline_enabled, pla
 if offline_enabled():
     configure_offline()  # before ultralytics is imported: it reads its environment at import
 
-MIN_ULTRALYTICS = (8, 4, 3)  # keep equal to the lower bound in pyproject.toml
+# keep equal to the lower bound in pyproject.toml: 8.4.3 is the first release whose optimizer builder tags its
+# parameter groups (exempt_from_weight_decay needs them), 8.4.113 the first whose C2PSA builds below 64 channels
+# (the stand-in of every -p345 layer at scale n)
+MIN_ULTRALYTICS = (8, 4, 113)
 
 
 def _check_version(version: str) -> None:
@@ -62,7 +66,7 @@ def _check_version(version: str) -> None:
     if found < MIN_ULTRALYTICS:
         need = ".".join(map(str, MIN_ULTRALYTICS))
         raise ImportError(
-            f"tssa.ultralytics needs ultralytics>={need} (tagged optimizer parameter groups), found "
+            f"tssa.ultralytics needs ultralytics>={need}, found "
             f"{version}; upgrade with: pip install 'ultralytics>={need}'"
         )
 
@@ -224,8 +228,8 @@ def exempt_from_weight_decay(optimizer, model) -> int:
         if target is None:
             raise ValueError(
                 "exempt_from_weight_decay: the optimizer has no no-decay parameter group tagged "
-                "param_group='bn' with this learning rate; build it with Ultralytics >= 8.4.3 "
-                "(pip install 'ultralytics>=8.4.3')"
+                "param_group='bn' with this learning rate; build it with Ultralytics' own "
+                "BaseTrainer.build_optimizer (pip install 'ultralytics>=8.4.113')"
             )
         target["params"].extend(p for p in group["params"] if id(p) in exempt)
         moved += len(group["params"]) - len(keep)
