@@ -90,6 +90,62 @@ def test_all_names_registered_and_import_tssa_stays_timm_free():
     assert out.stdout.strip() == "False"
 
 
+def test_each_name_is_its_own_register_model_function(monkeypatch):
+    """timm's convention: ``@register_model`` over ``def <name>(...)`` that only sets arguments, and
+    those arguments are the ones the name stands for."""
+    import inspect
+    import re
+
+    import tssa.timm.tost as tost
+
+    source = inspect.getsource(tost)
+    calls = []
+    monkeypatch.setattr(
+        tost, "_create_tost", lambda variant, pretrained=False, **kw: calls.append((variant, kw))
+    )
+    for name in MODEL_NAMES:
+        assert re.search(
+            rf"^@register_model\ndef {name}\(pretrained: bool = False, \*\*kwargs\)", source, re.M
+        ), name
+        fn = timm.models.model_entrypoint(name)
+        assert fn is getattr(tost, name) and fn.__name__ == name
+        body = inspect.getsource(fn)
+        assert "for " not in body and "split" not in body, body  # sets arguments, parses nothing
+        fn(num_classes=7)
+        assert calls[-1] == (name, dict(model_args(name), num_classes=7))
+
+
+def test_no_private_timm_or_ultralytics_module_is_imported():
+    """``tssa`` imports only public modules of timm and Ultralytics (no ``_private`` path component)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    root = Path(importlib.import_module("tssa").__file__).parent
+    private = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module]
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] in ("timm", "ultralytics") and any(p.startswith("_") for p in parts[1:]):
+                    private.append(f"{path.relative_to(root)}: {mod}")
+    assert not private, private
+
+
+def test_feature_take_indices_has_timm_semantics():
+    from tssa.timm._helpers import feature_take_indices
+
+    assert feature_take_indices(4) == ([0, 1, 2, 3], 3)
+    assert feature_take_indices(4, 2) == ([2, 3], 3)
+    assert feature_take_indices(4, [0, -1]) == ([0, 3], 3)
+    for bad in (0, 5, [4], [-5]):
+        with pytest.raises(ValueError, match="out of range"):
+            feature_take_indices(4, bad)
+
+
 @pytest.mark.parametrize("name", _expected_names())
 def test_every_name_builds_with_the_official_layout(name):
     """Built on the meta device (no memory, no init cost): state-dict keys and shapes equal the layout."""
