@@ -411,7 +411,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
     """What train.py does, in miniature: generated ImageFolder -> timm loader -> timm optimizer (weight
     decay groups from no_weight_decay) -> a few steps on the loss; the loss falls on a separable task."""
     from PIL import Image
-    from timm.data import create_dataset, create_loader, resolve_input_data_config
+    from timm.data import create_dataset, create_loader, resolve_data_config
     from timm.optim import create_optimizer_v2
 
     g = torch.Generator().manual_seed(0)
@@ -423,7 +423,8 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
             Image.fromarray(img).save(tmp_path / cls / f"{i}.png")
     torch.manual_seed(0)
     model = timm.create_model("tost_tiny_12_p16_224", num_classes=2, img_size=32)
-    cfg = resolve_input_data_config(model, {"img_size": 32})  # as the scripts do with --img-size 32
+    resolve = getattr(timm.data, "resolve_input_data_config", None)  # newer scripts; older ones call
+    cfg = resolve(model, {"img_size": 32}) if resolve else resolve_data_config({"img_size": 32}, model=model)
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
     loader = create_loader(
         create_dataset("", root=str(tmp_path)),
@@ -454,20 +455,18 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
 def test_model_calls_of_timm_scripts(tmp_path):
     """The calls validate.py and benchmark.py make on a model: resolve_model_input_args -> create_model
     (scriptable, None-valued options) -> load_checkpoint -> torch.jit.script; fvcore flop counting."""
-    from timm.models import load_checkpoint, resolve_model_input_args
+    from timm.models import load_checkpoint
 
     torch.manual_seed(0)
     src = timm.create_model("tost_tiny_12_p16_224", num_classes=3).eval()
     path = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": src.state_dict(), "epoch": 1}, path)
-    kwargs = resolve_model_input_args(
-        "tost_tiny_12_p16_224",
-        {"img_size": 64},
-        pretrained=False,
-        num_classes=3,
-        global_pool=None,
-        scriptable=True,
-    )
+    options = dict(pretrained=False, num_classes=3, global_pool=None, scriptable=True)
+    resolve = getattr(timm.models, "resolve_model_input_args", None)  # newer scripts
+    if resolve is not None:
+        kwargs = resolve("tost_tiny_12_p16_224", {"img_size": 64}, **options)
+    else:  # older scripts pass the options to create_model directly
+        kwargs = dict(model_name="tost_tiny_12_p16_224", img_size=64, **options)
     model = timm.create_model(**kwargs, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None).eval()
     load_checkpoint(model, str(path))
     x = torch.randn(2, 3, 64, 64)

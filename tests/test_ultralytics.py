@@ -81,6 +81,7 @@ def _bare_env(home) -> dict:
     """The environment without any offline setting, with ``home`` as the user's home and config dir."""
     drop = ("YOLO_", "TSSA_", "HF_HUB_OFFLINE", "XDG_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    (Path(home) / ".config").mkdir(exist_ok=True)  # some releases fall back to /tmp when it is missing
     return dict(env, HOME=str(home))
 
 
