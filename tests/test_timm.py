@@ -434,6 +434,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
         mean=cfg["mean"],
         std=cfg["std"],
         num_workers=0,
+        persistent_workers=False,  # older timm defaults to True, which needs workers
         use_prefetcher=False,
     )
     opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
