@@ -126,7 +126,7 @@ def write_readme(path: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import tssa.offline
 
-    tssa.offline.configure_offline()
+    tssa.offline.configure_offline(tssa.offline.default_config_dir())  # a private settings dir
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     parser.add_argument("--rerun", action="store_true", help="measure again even if a complete run exists")

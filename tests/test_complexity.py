@@ -473,3 +473,15 @@ def test_model_weights_come_from_the_seed():
     torch.manual_seed(0)
     b = cx.build_model("timm", "tost_tiny_12_p16_224", 32)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_attention_tokens_count_attention_layers_only():
+    """A block without a mixer reports no tokens; a block with n mixers reports n (one per layer)."""
+    import tssa.ultralytics as tu
+
+    x = torch.randn(1, 64, 5, 5)
+    assert cx.attention_tokens(tu.C2NoAttn(64, 64, n=2).eval(), x) == []
+    assert cx.attention_tokens(tu.C2TSSA(64, 64, n=2).eval(), x) == [25, 25]
+    from ultralytics.nn.modules import C2PSA
+
+    assert cx.attention_tokens(C2PSA(128, 128, n=2).eval(), x.repeat(1, 2, 1, 1)) == [25, 25]  # stock agrees

@@ -100,6 +100,28 @@ def test_auto_picks_stream_on_cpu_and_lean_for_causal():
         tssa(w, torch.ones(4), impl="triton")
 
 
+def test_env_preference_falls_back_the_way_auto_does(monkeypatch):
+    """TSSA_IMPL=stream with a causal input runs what auto runs (before: "use impl='auto'", which was in use)."""
+    w, tau = torch.randn(1, 4, 16, 8), 0.5 + torch.rand(4)
+    monkeypatch.setenv("TSSA_IMPL", "stream")
+    assert resolve_impl("auto", w) == "stream"
+    assert resolve_impl("auto", w, causal=True) == "lean"
+    y = tssa(w, tau, causal=True)
+    monkeypatch.delenv("TSSA_IMPL")
+    torch.testing.assert_close(y, tssa(w, tau, causal=True, impl="naive"), rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("TSSA_IMPL", "triton")  # cannot run on a CPU tensor: auto's own choice
+    assert resolve_impl("auto", w) == "stream"
+    monkeypatch.setenv("TSSA_IMPL", "fastest")
+    with pytest.raises(ValueError, match="TSSA_IMPL='fastest' is not a TSSA impl.*or unset it"):
+        tssa(w, tau)
+
+
+def test_auto_never_picks_the_cpu_streaming_path_elsewhere():
+    w = torch.empty(1, 4, 16, 8, device="meta")  # any non-CPU tensor, CUDA included
+    assert resolve_impl("auto", w) == "lean"
+    assert resolve_impl("stream", w) == "stream"  # explicitly asked for, it still runs anywhere
+
+
 @pytest.mark.parametrize("n", [1024, 2048])
 def test_layer_peak_memory_within_1p5x_of_projections(n):
     """Goal of the memory-lean backward: forward+backward peak <= 1.5x the two projections alone

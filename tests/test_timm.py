@@ -94,6 +94,62 @@ def test_all_names_registered_and_import_tssa_stays_timm_free():
     assert out.stdout.strip() == "False"
 
 
+def test_each_name_is_its_own_register_model_function(monkeypatch):
+    """timm's convention: ``@register_model`` over ``def <name>(...)`` that only sets arguments, and
+    those arguments are the ones the name stands for."""
+    import inspect
+    import re
+
+    import tssa.timm.tost as tost
+
+    source = inspect.getsource(tost)
+    calls = []
+    monkeypatch.setattr(
+        tost, "_create_tost", lambda variant, pretrained=False, **kw: calls.append((variant, kw))
+    )
+    for name in MODEL_NAMES:
+        assert re.search(
+            rf"^@register_model\ndef {name}\(pretrained: bool = False, \*\*kwargs\)", source, re.M
+        ), name
+        fn = timm.models.model_entrypoint(name)
+        assert fn is getattr(tost, name) and fn.__name__ == name
+        body = inspect.getsource(fn)
+        assert "for " not in body and "split" not in body, body  # sets arguments, parses nothing
+        fn(num_classes=7)
+        assert calls[-1] == (name, dict(model_args(name), num_classes=7))
+
+
+def test_no_private_timm_or_ultralytics_module_is_imported():
+    """``tssa`` imports only public modules of timm and Ultralytics (no ``_private`` path component)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    root = Path(importlib.import_module("tssa").__file__).parent
+    private = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module]
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] in ("timm", "ultralytics") and any(p.startswith("_") for p in parts[1:]):
+                    private.append(f"{path.relative_to(root)}: {mod}")
+    assert not private, private
+
+
+def test_feature_take_indices_has_timm_semantics():
+    from tssa.timm._helpers import feature_take_indices
+
+    assert feature_take_indices(4) == ([0, 1, 2, 3], 3)
+    assert feature_take_indices(4, 2) == ([2, 3], 3)
+    assert feature_take_indices(4, [0, -1]) == ([0, 3], 3)
+    for bad in (0, 5, [4], [-5]):
+        with pytest.raises(ValueError, match="out of range"):
+            feature_take_indices(4, bad)
+
+
 @pytest.mark.parametrize("name", _expected_names())
 def test_every_name_builds_with_the_official_layout(name):
     """Built on the meta device (no memory, no init cost): state-dict keys and shapes equal the layout."""
@@ -357,7 +413,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
     """What train.py does, in miniature: generated ImageFolder -> timm loader -> timm optimizer (weight
     decay groups from no_weight_decay) -> a few steps on the loss; the loss falls on a separable task."""
     from PIL import Image
-    from timm.data import create_dataset, create_loader, resolve_input_data_config
+    from timm.data import create_dataset, create_loader, resolve_data_config
     from timm.optim import create_optimizer_v2
 
     g = torch.Generator().manual_seed(0)
@@ -369,7 +425,8 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
             Image.fromarray(img).save(tmp_path / cls / f"{i}.png")
     torch.manual_seed(0)
     model = timm.create_model("tost_tiny_12_p16_224", num_classes=2, img_size=32)
-    cfg = resolve_input_data_config(model, {"img_size": 32})  # as the scripts do with --img-size 32
+    resolve = getattr(timm.data, "resolve_input_data_config", None)  # newer scripts; older ones call
+    cfg = resolve(model, {"img_size": 32}) if resolve else resolve_data_config({"img_size": 32}, model=model)
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
     loader = create_loader(
         create_dataset("", root=str(tmp_path)),
@@ -379,6 +436,7 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
         mean=cfg["mean"],
         std=cfg["std"],
         num_workers=0,
+        persistent_workers=False,  # older timm defaults to True, which needs workers
         use_prefetcher=False,
     )
     opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
@@ -402,20 +460,18 @@ def test_train_steps_through_timm_data_and_optim(tmp_path):
 def test_model_calls_of_timm_scripts(tmp_path):
     """The calls validate.py and benchmark.py make on a model: resolve_model_input_args -> create_model
     (scriptable, None-valued options) -> load_checkpoint -> torch.jit.script; fvcore flop counting."""
-    from timm.models import load_checkpoint, resolve_model_input_args
+    from timm.models import load_checkpoint
 
     torch.manual_seed(0)
     src = timm.create_model("tost_tiny_12_p16_224", num_classes=3).eval()
     path = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": src.state_dict(), "epoch": 1}, path)
-    kwargs = resolve_model_input_args(
-        "tost_tiny_12_p16_224",
-        {"img_size": 64},
-        pretrained=False,
-        num_classes=3,
-        global_pool=None,
-        scriptable=True,
-    )
+    options = dict(pretrained=False, num_classes=3, global_pool=None, scriptable=True)
+    resolve = getattr(timm.models, "resolve_model_input_args", None)  # newer scripts
+    if resolve is not None:
+        kwargs = resolve("tost_tiny_12_p16_224", {"img_size": 64}, **options)
+    else:  # older scripts pass the options to create_model directly
+        kwargs = dict(model_name="tost_tiny_12_p16_224", img_size=64, **options)
     model = timm.create_model(**kwargs, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None).eval()
     load_checkpoint(model, str(path))
     x = torch.randn(2, 3, 64, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tssa.offline
 import tssa.ultralytics as tu
 from tssa.ops import tssa as tssa_op
 from tssa.ultralytics.flops import count_flops, detector_gflops
@@ -63,7 +65,7 @@ def test_configure_offline_before_ultralytics(tmp_path):
         "import os\n"
         "from tssa.offline import configure_offline\n"
         f"root = configure_offline({str(cfg)!r})\n"
-        "assert os.environ['YOLO_OFFLINE'] == '1' and os.environ['YOLO_AUTOINSTALL'] == '0'\n"
+        "assert os.environ['YOLO_OFFLINE'] == 'true' and os.environ['YOLO_AUTOINSTALL'] == 'false'\n"
         "import ultralytics.utils as u\n"
         "assert u.ONLINE is False and u.AUTOINSTALL is False, (u.ONLINE, u.AUTOINSTALL)\n"
         f"assert str(u.USER_CONFIG_DIR).startswith({str(cfg)!r}), u.USER_CONFIG_DIR\n"
@@ -73,6 +75,73 @@ def test_configure_offline_before_ultralytics(tmp_path):
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
     assert (cfg / "Ultralytics" / "Arial.ttf").stat().st_size > 0
+
+
+def _bare_env(home) -> dict:
+    """The environment without any offline setting, with ``home`` as the user's home and config dir."""
+    drop = ("YOLO_", "TSSA_", "HF_HUB_OFFLINE", "XDG_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    (Path(home) / ".config").mkdir(exist_ok=True)  # some releases fall back to /tmp when it is missing
+    return dict(env, HOME=str(home))
+
+
+_IMPORT_REPORT = (
+    "import json, os\n"
+    "import tssa.ultralytics as tu\n"
+    "import ultralytics.nn.tasks as t\n"
+    "import ultralytics.utils as u\n"
+    "keys = ('YOLO_OFFLINE', 'YOLO_AUTOINSTALL', 'YOLO_CONFIG_DIR', 'HF_HUB_OFFLINE')\n"
+    "print(json.dumps({'env': {k: os.environ.get(k) for k in keys}, 'online': u.ONLINE,\n"
+    "    'autoinstall': u.AUTOINSTALL, 'config': str(u.USER_CONFIG_DIR),\n"
+    "    'fonts': sorted(p.name for p in u.USER_CONFIG_DIR.glob('Arial*')),\n"
+    "    'registered': t.C2TSSA is tu.C2TSSA}))\n"
+)
+
+
+def test_import_changes_only_the_offline_settings(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORT_REPORT],
+        capture_output=True,
+        text=True,
+        env=_bare_env(tmp_path),
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["env"] == {
+        "YOLO_OFFLINE": "true",
+        "YOLO_AUTOINSTALL": "false",
+        "YOLO_CONFIG_DIR": None,  # Ultralytics keeps the user's config dir
+        "HF_HUB_OFFLINE": None,  # not needed by Ultralytics: left alone
+    }
+    assert out["online"] is False and out["autoinstall"] is False and out["registered"] is True
+    assert out["config"] == str(tmp_path / ".config" / "Ultralytics")
+    assert out["fonts"] == sorted(tssa.offline.FONT_NAMES)
+
+
+def test_import_opt_out_leaves_the_environment_alone(tmp_path):
+    env = dict(_bare_env(tmp_path), TSSA_OFFLINE="0")
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORT_REPORT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["env"] == dict.fromkeys(
+        ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE")
+    )
+    assert out["fonts"] == [] and out["registered"] is True
+
+
+def test_train_defaults_name_no_device():
+    assert "device" not in tu.TRAIN_DEFAULTS
+    assert tu.TRAIN_DEFAULTS["amp"] is False  # the CUDA AMP check downloads weights
+
+
+def test_too_old_ultralytics_is_refused_with_the_fix():
+    with pytest.raises(ImportError, match=r"ultralytics>=8\.4\.113, found 8\.4\.112"):
+        tu._check_version("8.4.112")
+    tu._check_version("8.4.113")
+    tu._check_version("8.10.0")
 
 
 def test_configure_offline_rejects_a_file(tmp_path):

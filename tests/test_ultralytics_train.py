@@ -29,7 +29,7 @@ IMGSZ = 64
 # after tssa.ultralytics, which applies the offline settings before ultralytics is first imported
 from ultralytics import YOLO  # noqa: E402
 
-TRAIN = dict(imgsz=IMGSZ, batch=4, seed=0, exist_ok=True, verbose=False, **tu.TRAIN_DEFAULTS)
+TRAIN = dict(imgsz=IMGSZ, batch=4, seed=0, exist_ok=True, verbose=False, device="cpu", **tu.TRAIN_DEFAULTS)
 
 
 class SocketGuard:
@@ -125,8 +125,8 @@ def test_shapes_dataset_is_deterministic_and_valid(tmp_path):
     assert box[:, 2].max() / box[:, 2].min() > 2.5  # several scales
 
 
-def _train(data_yaml: Path, project: Path, name: str, **kw):
-    model = YOLO("yolo11n-tssa.yaml")
+def _train(data_yaml: Path, project: Path, name: str, model: str = "yolo11n-tssa.yaml", **kw):
+    model = YOLO(model)
     start = time.perf_counter()
     result = model.train(data=str(data_yaml), epochs=2, project=str(project), name=name, **TRAIN, **kw)
     return model, result, time.perf_counter() - start
@@ -146,6 +146,26 @@ def test_two_epoch_training_is_deterministic(data_yaml, tmp_path, no_network):
     runs = [_train(data_yaml, tmp_path, f"run{i}") for i in range(2)]
     print(f"\n2-epoch yolo11n-tssa training on {data_yaml.parent}: {runs[0][2]:.1f} s, {runs[1][2]:.1f} s")
     (m0, r0, _), (m1, r1, _) = runs
+    if _losses(tmp_path / "run0") != _losses(tmp_path / "run1"):
+        # control: stock YOLO11 trained twice in a fresh process, as the two runs above were
+        code = (
+            "import json, sys, tssa.ultralytics as tu\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "from test_ultralytics_train import _losses, _train\n"
+            "from pathlib import Path\n"
+            "p = Path(sys.argv[3])\n"
+            "[_train(Path(sys.argv[2]), p, f'stock{i}', model='yolo11n.yaml') for i in range(2)]\n"
+            "print(json.dumps(_losses(p / 'stock0') == _losses(p / 'stock1')))\n"
+        )
+        args = [sys.executable, "-c", code, str(Path(__file__).parent), str(data_yaml), str(tmp_path)]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+        assert r.returncode == 0, r.stderr[-3000:]
+        if not json.loads(r.stdout.strip().splitlines()[-1]):
+            import ultralytics
+
+            pytest.skip(
+                f"Ultralytics {ultralytics.__version__}: two seeded stock yolo11n runs in one process differ"
+            )
     assert r0.results_dict == r1.results_dict
     assert _losses(tmp_path / "run0") == _losses(tmp_path / "run1")
     assert len(_losses(tmp_path / "run0")) == 2
@@ -158,24 +178,88 @@ def test_two_epoch_training_is_deterministic(data_yaml, tmp_path, no_network):
     assert temps and groups and all(g["weight_decay"] == 0.0 for g in groups)  # tau skips weight decay
 
 
-@pytest.mark.parametrize("name", ["AdamW", "SGD"])
-def test_tssa_temperature_skips_weight_decay(name):
+# every optimizer name Ultralytics' build_optimizer accepts (checked against its source below);
+# "auto" picks by the number of iterations, so it is tried with a short and a long run
+OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD")
+AUTO_RUNS = {"auto-short": 10, "auto-long": 10**6}
+
+
+def _trainer_stub():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(lr0=0.01, momentum=0.9, warmup_bias_lr=0.1, optimizer="auto")
+    return SimpleNamespace(args=args, data={"nc": 80})
+
+
+def _build_and_step(build, model, name: str):
+    """Build the optimizer for ``model``, give every parameter a zero gradient and take one step.
+    Returns (optimizer, {parameter name: (before, after)}): with zero gradients only weight decay moves
+    a parameter."""
+    iterations = AUTO_RUNS.get(name, 10)
+    kw = dict(name="auto" if name in AUTO_RUNS else name, lr=1e-2, decay=5e-2, iterations=iterations)
+    opt = build(_trainer_stub(), model, **kw)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return opt, {n: (before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def test_optimizer_list_covers_ultralytics():
+    import inspect
+    import re
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    source = inspect.getsource(BaseTrainer.build_optimizer._tssa_stock)
+    known = set(re.findall(r'"(\w+)"', re.search(r"optimizers = \{([^}]*)\}", source).group(1)))
+    assert {n.lower() for n in known} == {n.lower() for n in (*OPTIMIZERS, "auto")}, known
+
+
+@pytest.fixture(scope="module")
+def tssa_model():
+    return YOLO(tu.model_yaml("yolo11-tssa", "n")).model
+
+
+@pytest.mark.parametrize("name", [*OPTIMIZERS, *AUTO_RUNS])
+def test_every_optimizer_steps_with_temperatures_exempt_from_decay(name, tssa_model):
+    from copy import deepcopy
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    model = deepcopy(tssa_model)
+    opt, moved = _build_and_step(BaseTrainer.build_optimizer, model, name)
+    temps = [n for n in moved if n.endswith("attn.temp")]
+    assert temps
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    for n in temps:  # zero gradient, no decay: the temperature does not move
+        assert torch.equal(*moved[n]), (type(opt).__name__, n)
+    qkv = [n for n in moved if n.endswith("attn.qkv.weight")]
+    assert qkv and all(not torch.equal(*moved[n]) for n in qkv)  # decay is on for the other weights
+    assert all(torch.isfinite(after).all() for _, after in moved.values())
+    # the stock builder decays the temperatures: the check above can fail
+    stock = deepcopy(tssa_model)
+    _, plain = _build_and_step(BaseTrainer.build_optimizer._tssa_stock, stock, name)
+    assert any(not torch.equal(*plain[n]) for n in temps)
+
+
+def test_stock_models_get_the_stock_optimizer():
     from types import SimpleNamespace
 
     from ultralytics.engine.trainer import BaseTrainer
 
-    kw = dict(name=name, lr=1e-3, decay=5e-4, iterations=10)
-    model = YOLO(tu.model_yaml("yolo11-tssa", "n")).model
-    opt = BaseTrainer.build_optimizer(SimpleNamespace(), model, **kw)
-    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    temps = [p for n, p in model.named_parameters() if n.endswith("attn.temp")]
-    assert temps and not any(id(p) in decayed for p in temps)
-    assert any(id(p) in decayed for n, p in model.named_parameters() if n.endswith("attn.qkv.weight"))
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-    stock = YOLO("yolo11n.yaml").model  # stock models get the optimizer Ultralytics builds
+    kw = dict(name="SGD", lr=1e-3, decay=5e-4, iterations=10)
+    stock = YOLO("yolo11n.yaml").model
     plain = BaseTrainer.build_optimizer._tssa_stock(SimpleNamespace(), stock, **kw)
     wrapped = BaseTrainer.build_optimizer(SimpleNamespace(), stock, **kw)
     assert [len(g["params"]) for g in wrapped.param_groups] == [len(g["params"]) for g in plain.param_groups]
+
+
+def test_untagged_optimizer_is_refused_with_the_fix():
+    model = YOLO(tu.model_yaml("yolo11-tssa", "n")).model
+    opt = torch.optim.SGD([{"params": list(model.parameters()), "weight_decay": 5e-4}], lr=1e-3)
+    with pytest.raises(ValueError, match=r"tagged param_group='bn'.*ultralytics>=8\.4\.113"):
+        tu.exempt_from_weight_decay(opt, model)
 
 
 class _Interrupt(Exception):
@@ -205,7 +289,13 @@ def test_life_cycle_offline(data_yaml, tmp_path, no_network):
     trained = YOLO(str(best))
     assert isinstance(trained.model.model[10], tu.C2TSSA)
     metrics = trained.val(
-        data=str(data_yaml), imgsz=IMGSZ, batch=4, project=str(tmp_path), name="val", **tu.TRAIN_DEFAULTS
+        data=str(data_yaml),
+        imgsz=IMGSZ,
+        batch=4,
+        project=str(tmp_path),
+        name="val",
+        device="cpu",
+        **tu.TRAIN_DEFAULTS,
     )
     assert 0.0 <= metrics.box.map <= 1.0
     images = sorted((data_yaml.parent / "images/val").glob("*.png"))

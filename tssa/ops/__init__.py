@@ -32,13 +32,20 @@ ENV_IMPL = "TSSA_IMPL"  # overrides what "auto" resolves to, e.g. TSSA_IMPL=naiv
 class ImplSpec:
     """One implementation of the core: ``fn(w, temperature, bias, causal) -> y``.
 
-    ``supports(w, causal)`` says whether it can run on this input; ``priority`` orders ``auto``.
+    ``supports(w, causal)`` says whether it can run on this input; ``priority`` orders ``auto``;
+    ``auto_picks(w, causal)``, when given, narrows the inputs ``auto`` may choose it for (a path that
+    runs anywhere but is built for one device), otherwise ``supports`` decides.
     """
 
     name: str
     fn: Callable[..., torch.Tensor]
     supports: Callable[[torch.Tensor, bool], bool]
     priority: int = 0
+    auto_picks: Callable[[torch.Tensor, bool], bool] | None = None
+
+    def eligible(self, w: torch.Tensor, causal: bool) -> bool:
+        """Whether ``auto`` may choose this implementation for ``w``."""
+        return self.supports(w, causal) and (self.auto_picks is None or self.auto_picks(w, causal))
 
 
 _IMPLS: dict[str, ImplSpec] = {}
@@ -71,20 +78,33 @@ register_impl(ImplSpec("lean", _lean, _always, priority=10))
 
 
 def resolve_impl(impl: str, w: torch.Tensor, causal: bool = False) -> str:
-    """The concrete implementation name ``impl`` stands for on this input."""
+    """The concrete implementation name ``impl`` stands for on this input.
+
+    Under ``"auto"``, ``$TSSA_IMPL`` names the preferred implementation; where it cannot run on this
+    input (``stream`` on a causal input, ``triton`` on a CPU tensor) ``auto`` chooses as if it were
+    unset, i.e. the highest-priority eligible implementation. An explicit ``impl`` that cannot run
+    raises ``ValueError``.
+    """
     if impl == "auto":
-        impl = os.environ.get(ENV_IMPL, "auto") or "auto"
-    if impl == "auto" and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-        return "naive"  # exporters trace plain tensor ops; custom autograd functions do not export
-    if impl == "auto":
-        usable = [s for s in _IMPLS.values() if s.supports(w, causal)]
+        preferred = os.environ.get(ENV_IMPL, "").strip()
+        if preferred and preferred != "auto":
+            if preferred not in _IMPLS:
+                raise ValueError(
+                    f"{ENV_IMPL}={preferred!r} is not a TSSA impl; set it to one of "
+                    f"{['auto', *available_impls()]} or unset it"
+                )
+            if _IMPLS[preferred].supports(w, causal):
+                return preferred
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return "naive"  # exporters trace plain tensor ops; custom autograd functions do not export
+        usable = [s for s in _IMPLS.values() if s.eligible(w, causal)]
         return max(usable, key=lambda s: s.priority).name
     if impl not in _IMPLS:
         raise ValueError(f"unknown TSSA impl {impl!r}; choose one of {['auto', *available_impls()]}")
     if not _IMPLS[impl].supports(w, causal):
         raise ValueError(
-            f"TSSA impl {impl!r} cannot run on a {w.device.type} {w.dtype} input (causal={causal}); "
-            "use impl='auto'"
+            f"TSSA impl {impl!r} cannot run on a {w.device.type} {w.dtype} input of shape {tuple(w.shape)} "
+            f"(causal={causal}); use impl='auto'"
         )
     return impl
 

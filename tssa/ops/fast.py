@@ -3,14 +3,16 @@
 ===========  ==========================================================  =================
 name         what it is                                                  ``auto`` picks it
 ===========  ==========================================================  =================
-``stream``   token-major, cache-sized chunks, memory-lean backward        CPU (any device),
-             (:mod:`tssa.ops.stream`); non-causal                         non-causal
+``stream``   token-major, cache-sized chunks, memory-lean backward        CPU tensors,
+             (:mod:`tssa.ops.stream`); non-causal, runs on any device     non-causal
 ``triton``   fused Triton kernels, forward and backward                   CUDA, non-causal,
-             (:mod:`tssa.ops.triton_tssa`)                                H <= 64, D <= 256
+             (:mod:`tssa.ops.triton_tssa`); fp32/fp16/bf16 only           H <= 64, D <= 256,
+                                                                          not float64
 ``compile``  ``torch.compile`` of the naive reference (both forms)        never (explicit)
 ===========  ==========================================================  =================
 
-Causal inputs fall back to ``lean`` under ``auto``. Triton is imported only when a CUDA input asks
+Causal inputs, and CUDA inputs Triton cannot take (float64, more heads or a wider head), fall back to
+``lean`` under ``auto``. Triton is imported only when a CUDA input asks
 for it, so ``import tssa`` still needs torch alone.
 
 >>> w = torch.randn(1, 4, 64, 16)
@@ -40,6 +42,10 @@ def _stream_supports(w: torch.Tensor, causal: bool) -> bool:
     return not causal
 
 
+def _on_cpu(w: torch.Tensor, causal: bool) -> bool:
+    return w.device.type == "cpu"  # a CPU design (cache-sized chunks): auto never picks it elsewhere
+
+
 @functools.cache
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported."""
@@ -52,9 +58,19 @@ def _triton(w, temperature, bias, causal):
     return tssa_triton(w, temperature, bias)
 
 
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # it computes in float32
+
+
 def _triton_supports(w: torch.Tensor, causal: bool) -> bool:
     # limits mirror tssa.ops.triton_tssa.MAX_HEADS / MAX_HEAD_DIM (not imported here: that loads triton)
-    return w.is_cuda and not causal and w.shape[1] <= 64 and w.shape[3] <= 256 and triton_available()
+    return (
+        w.is_cuda
+        and not causal
+        and w.dtype in _TRITON_DTYPES
+        and w.shape[1] <= 64
+        and w.shape[3] <= 256
+        and triton_available()
+    )
 
 
 @functools.cache
@@ -71,6 +87,6 @@ def _always(w: torch.Tensor, causal: bool) -> bool:
     return True
 
 
-register_impl(ImplSpec("stream", _stream, _stream_supports, priority=20))
+register_impl(ImplSpec("stream", _stream, _stream_supports, priority=20, auto_picks=_on_cpu))
 register_impl(ImplSpec("triton", _triton, _triton_supports, priority=30))
 register_impl(ImplSpec("compile", _compile, _always, priority=-10))

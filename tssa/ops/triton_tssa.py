@@ -17,7 +17,8 @@ Backward (three passes): ``_bwd_a`` (``dPi1 = -sum_d G w g``, partial ``sum_n Pi
 (the softmax backward over heads, partial ``sum_n tau dS w^2`` and ``sum_n dS q``), ``_bwd_c``
 (``dW = 2 w (Pi dA + tau dS r + dcol) - G Pi g``). Saved: ``w``, ``Pi`` and (B, H, D) statistics.
 
-Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests).
+Runs on CUDA tensors of float32, float16 or bfloat16 (float64 is refused rather than silently computed
+in float32), and on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests). Offsets are 64-bit.
 
 >>> w = torch.randn(2, 4, 197, 48, device="cuda")  # doctest: +SKIP
 >>> tssa_triton(w, torch.ones(4, device="cuda")).shape  # doctest: +SKIP
@@ -25,6 +26,9 @@ torch.Size([2, 4, 197, 48])
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 import triton
@@ -46,11 +50,11 @@ def _colsq(
     W, P, N, H, D, s_b, s_h, s_n, s_d, NBLK,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
-    od = tl.arange(0, BLOCK_D)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for it in range(ITERS):  # ITERS token blocks per program: fewer partial sums to finish
         on = (pid_n * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -68,10 +72,10 @@ def _fwd_stats(
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ITERS: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    oh = tl.arange(0, BLOCK_H)
-    od = tl.arange(0, BLOCK_D)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
+    oh = tl.arange(0, BLOCK_H).to(tl.int64)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     h3 = oh[:, None, None]
     d3 = od[None, None, :]
     hd_mask = (oh[:, None] < H) & (od[None, :] < D)
@@ -108,12 +112,12 @@ def _fwd_out(
     W, PI, G, Y, N, H, D, s_b, s_h, s_n, s_d, y_b, y_h, y_n, y_d,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    od = tl.arange(0, BLOCK_D)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     mask = (on[:, None] < N) & (od[None, :] < D)
     x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
     pi = tl.load(PI + pid_bh * N + on, mask=on < N, other=0.0)
@@ -130,11 +134,11 @@ def _bwd_a(
     N, H, D, s_b, s_h, s_n, s_d, g_b, g_h, g_n, g_d, NBLK,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
-    od = tl.arange(0, BLOCK_D)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     g = tl.load(G + pid_bh * D + od, mask=od < D, other=0.0)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for it in range(ITERS):
@@ -156,10 +160,10 @@ def _bwd_b(
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ITERS: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    oh = tl.arange(0, BLOCK_H)
-    od = tl.arange(0, BLOCK_D)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
+    oh = tl.arange(0, BLOCK_H).to(tl.int64)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     h3 = oh[:, None, None]
     d3 = od[None, None, :]
     hd_mask = (oh[:, None] < H) & (od[None, :] < D)
@@ -202,12 +206,12 @@ def _bwd_c(
     N, H, D, s_b, s_h, s_n, s_d, g_b, g_h, g_n, g_d, o_b, o_h, o_n, o_d,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*N*D may pass 2^31
+    pid_n = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    od = tl.arange(0, BLOCK_D)
+    od = tl.arange(0, BLOCK_D).to(tl.int64)
     mask = (on[:, None] < N) & (od[None, :] < D)
     x = tl.load(W + b * s_b + h * s_h + on[:, None] * s_n + od[None, :] * s_d, mask=mask, other=0.0)
     gr = tl.load(GR + b * g_b + h * g_h + on[:, None] * g_n + od[None, :] * g_d, mask=mask, other=0.0)
@@ -280,6 +284,12 @@ class _TSSATriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        w = ctx.saved_tensors[0]
+        with torch.cuda.device(w.device) if w.is_cuda else contextlib.nullcontext():
+            return _TSSATriton._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         w, tau, bias, pi, r, colsq, total, m, g = ctx.saved_tensors
         bsz, h, n, d = w.shape
         f32 = dict(dtype=torch.float32, device=w.device)
@@ -317,15 +327,49 @@ class _TSSATriton(torch.autograd.Function):
         return dw, dtau, dbias
 
 
-def tssa_triton(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Non-causal TSSA core as fused Triton kernels. (B, H, N, D) -> (B, H, N, D).
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-    ``Y = -Pi * W * 1/(1 + m)`` exactly as :func:`tssa.ops.naive.tssa_naive`; H <= 64, D <= 256.
-    The output is a (B, H, N, D) view of a token-major (B, N, H, D) buffer.
-    """
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_inputs(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Refuse what the kernels cannot compute faithfully, with the fix in the message."""
     b, h, n, d = w.shape
     if d > MAX_HEAD_DIM or h > MAX_HEADS:
         raise ValueError(
             f"tssa_triton: head dim {d} / heads {h} exceed {MAX_HEAD_DIM} / {MAX_HEADS}; use impl='lean'"
         )
-    return _TSSATriton.apply(w, temperature, bias)
+    if w.dtype not in _DTYPES:
+        raise ValueError(
+            f"tssa_triton: {w.dtype} input, but the kernels compute in float32 (a float64 input would silently "
+            "lose precision); use impl='lean' or 'naive' for float64, or cast w to float32"
+        )
+    if not w.is_cuda and not (w.device.type == "cpu" and _interpreted()):
+        raise ValueError(
+            f"tssa_triton: w is on {w.device}, the kernels run on CUDA tensors; use impl='stream' or 'lean' "
+            "on the CPU (TRITON_INTERPRET=1 runs them on CPU tensors, slowly, for tests)"
+        )
+    for name, t in (("temperature", temperature), ("bias", bias)):
+        if t is not None and t.device != w.device:
+            raise ValueError(
+                f"tssa_triton: {name} is on {t.device} but w is on {w.device}; move both to one device"
+            )
+
+
+def tssa_triton(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-causal TSSA core as fused Triton kernels. (B, H, N, D) -> (B, H, N, D).
+
+    ``Y = -Pi * W * 1/(1 + m)`` exactly as :func:`tssa.ops.naive.tssa_naive`; H <= 64, D <= 256;
+    ``w`` float32, float16 or bfloat16 on a CUDA device (the kernels launch on ``w``'s device);
+    offsets are 64-bit, so B * H * N * D may exceed 2^31. The output is a (B, H, N, D) view of a
+    token-major (B, N, H, D) buffer.
+
+    Raises:
+        ValueError: limits exceeded, a float64 (or other) dtype, ``w`` not on CUDA, or
+            ``temperature`` / ``bias`` on another device than ``w``.
+    """
+    _check_inputs(w, temperature, bias)
+    with torch.cuda.device(w.device) if w.is_cuda else contextlib.nullcontext():
+        return _TSSATriton.apply(w, temperature, bias)

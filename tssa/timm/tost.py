@@ -36,14 +36,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
-from timm.layers.helpers import to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from torch import nn
 
 from tssa.nn import SoftmaxAttention, TokenStatisticsAttention
+
+from ._helpers import checkpoint, feature_take_indices
 
 __all__ = [
     "ToST",
@@ -723,7 +722,8 @@ MIXERS = {"": "tssa", "softmax_": "softmax", "xca_": "xca"}
 
 
 def model_args(name: str) -> dict:
-    """Constructor arguments of a registered name, e.g. ``tost_xca_small_24_p8_224``."""
+    """Constructor arguments a registered name stands for, read from the name, e.g.
+    ``tost_xca_small_24_p8_224``; the tests check that every registered function passes exactly these."""
     parts = name.split("_")
     if parts[0] != "tost" or len(parts) not in (5, 6) or parts[-1] != "224":
         raise ValueError(
@@ -755,17 +755,340 @@ MODEL_NAMES = [
 default_cfgs = generate_default_cfgs({name: _cfg(model_args(name)["patch_size"]) for name in MODEL_NAMES})
 
 
-def _entrypoint(name: str):
-    def fn(pretrained: bool = False, **kwargs) -> ToST:
-        return _create_tost(name, pretrained=pretrained, **dict(model_args(name), **kwargs))
-
-    fn.__name__ = fn.__qualname__ = name
-    fn.__module__ = __name__
-    fn.__doc__ = f"{name}: ToST ({model_args(name)}); see :class:`ToST`."
-    return fn
+# One entrypoint per name (timm's convention): each only sets the constructor arguments.
 
 
-# One entrypoint per name, registered with timm (timm.create_model(name, ...)).
-for _name in MODEL_NAMES:
-    globals()[_name] = register_model(_entrypoint(_name))
-del _name
+@register_model
+def tost_tiny_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), tiny: embed 192, 4 heads, depth 12, patch 16. ToST-T of the paper."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_tiny_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_tiny_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), tiny: embed 192, 4 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_tiny_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_tiny_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), tiny: embed 192, 4 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_tiny_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_tiny_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), tiny: embed 192, 4 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_tiny_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_small_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), small: embed 384, 8 heads, depth 12, patch 16. ToST-S of the paper."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_small_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_small_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), small: embed 384, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_small_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_small_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), small: embed 384, 8 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_small_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_small_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), small: embed 384, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_small_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_medium_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), medium: embed 512, 8 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_medium_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_medium_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), medium: embed 512, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_medium_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_medium_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), medium: embed 512, 8 heads, depth 24, patch 16. ToST-M of the paper."""
+    args = dict(patch_size=16, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_medium_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_medium_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), medium: embed 512, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_medium_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_large_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), large: embed 768, 16 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_large_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_large_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), large: embed 768, 16 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="tssa")
+    return _create_tost("tost_large_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_large_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), large: embed 768, 16 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_large_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_large_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """ToST (TSSA), large: embed 768, 16 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="tssa")
+    return _create_tost("tost_large_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_tiny_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, tiny: embed 192, 4 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_tiny_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_tiny_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, tiny: embed 192, 4 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_tiny_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_tiny_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, tiny: embed 192, 4 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_tiny_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_tiny_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, tiny: embed 192, 4 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_tiny_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_small_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, small: embed 384, 8 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_small_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_small_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, small: embed 384, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_small_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_small_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, small: embed 384, 8 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_small_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_small_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, small: embed 384, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_small_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_medium_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, medium: embed 512, 8 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_medium_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_medium_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, medium: embed 512, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_medium_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_medium_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, medium: embed 512, 8 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_medium_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_medium_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, medium: embed 512, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_medium_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_large_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, large: embed 768, 16 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_large_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_large_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, large: embed 768, 16 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="softmax")
+    return _create_tost("tost_softmax_large_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_large_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, large: embed 768, 16 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_large_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_softmax_large_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """softmax-attention control, large: embed 768, 16 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="softmax")
+    return _create_tost("tost_softmax_large_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_tiny_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, tiny: embed 192, 4 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_tiny_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_tiny_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, tiny: embed 192, 4 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=12, num_heads=4, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_tiny_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_tiny_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, tiny: embed 192, 4 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_tiny_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_tiny_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, tiny: embed 192, 4 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=192, depth=24, num_heads=4, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_tiny_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_small_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, small: embed 384, 8 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_small_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_small_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, small: embed 384, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=12, num_heads=8, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_small_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_small_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, small: embed 384, 8 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_small_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_small_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, small: embed 384, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=384, depth=24, num_heads=8, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_small_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_medium_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, medium: embed 512, 8 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_medium_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_medium_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, medium: embed 512, 8 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=12, num_heads=8, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_medium_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_medium_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, medium: embed 512, 8 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_medium_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_medium_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, medium: embed 512, 8 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=512, depth=24, num_heads=8, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_medium_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_large_12_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, large: embed 768, 16 heads, depth 12, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_large_12_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_large_12_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, large: embed 768, 16 heads, depth 12, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=12, num_heads=16, eta=1.0, attn_layer="xca")
+    return _create_tost("tost_xca_large_12_p8_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_large_24_p16_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, large: embed 768, 16 heads, depth 24, patch 16."""
+    args = dict(patch_size=16, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_large_24_p16_224", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def tost_xca_large_24_p8_224(pretrained: bool = False, **kwargs) -> ToST:
+    """XCA control, large: embed 768, 16 heads, depth 24, patch 8."""
+    args = dict(patch_size=8, embed_dim=768, depth=24, num_heads=16, eta=1e-5, attn_layer="xca")
+    return _create_tost("tost_xca_large_24_p8_224", pretrained=pretrained, **dict(args, **kwargs))

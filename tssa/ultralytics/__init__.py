@@ -1,8 +1,11 @@
 """YOLO11 variants with TSSA, softmax or no attention, as a plug-in to Ultralytics.
 
-``import tssa.ultralytics`` applies the offline settings (:func:`tssa.offline.configure_offline`),
-imports ultralytics, and registers the modules of :mod:`tssa.ultralytics.modules` and the model
-YAMLs in ``tssa/ultralytics/cfg/``; no file of the installed ultralytics package is edited.
+``import tssa.ultralytics`` applies the offline settings (:func:`tssa.offline.configure_offline`;
+``TSSA_OFFLINE=0`` opts out), imports ultralytics, and registers the modules of
+:mod:`tssa.ultralytics.modules` and the model YAMLs in ``tssa/ultralytics/cfg/``; no file of the
+installed ultralytics package is edited. Needs Ultralytics >= 8.4.113 (tagged optimizer parameter
+groups since 8.4.3, see :func:`exempt_from_weight_decay`; ``C2PSA`` below 64 channels since 8.4.113);
+the import refuses older releases.
 Every variant comes at the scales n/s/m/l/x (the scale is read from the file name, as for stock
 models):
 
@@ -20,11 +23,17 @@ classes. The names are therefore added to those globals, and ``parse_model`` is 
 naming one of our modules is built by the stock code as ``C2PSA`` (same arguments: ``c1, c2, n, e``)
 and then replaced by our module with the same arguments, which takes over the stand-in's weights
 outside the token mixer (``cv1``, ``cv2``, ``m.*.ffn``). So under the same seed every weight outside
-``attn`` starts equal to stock YOLO11's, and the variants differ from stock only in the mixer. ``check_yaml`` is
-wrapped so that bare names like ``yolo11n-tssa.yaml`` resolve to the files shipped here when no
-such file exists in the working directory. ``BaseTrainer.build_optimizer`` is wrapped so that
-TSSA's temperatures skip weight decay (:func:`exempt_from_weight_decay`), as the official ToST
-language recipe does; its vision recipe decays them.
+``attn`` starts equal to stock YOLO11's, and the variants differ from stock only in the mixer.
+
+What the import changes in the process, all of it no-ops for stock models:
+
+- the environment and fonts of :mod:`tssa.offline` (unless ``TSSA_OFFLINE=0``);
+- ``ultralytics.nn.tasks``: the names in :data:`MODULES` become globals, ``parse_model`` is wrapped
+  (above) and ``check_yaml`` is wrapped so that bare names like ``yolo11n-tssa.yaml`` resolve to the
+  files shipped here when no such file exists in the working directory;
+- ``BaseTrainer.build_optimizer`` is wrapped so that TSSA's temperatures skip weight decay
+  (:func:`exempt_from_weight_decay`), whichever optimizer Ultralytics builds, as the official ToST
+  language recipe does; its vision recipe decays them.
 
 >>> import tssa.ultralytics
 >>> from ultralytics import YOLO
@@ -35,18 +44,43 @@ language recipe does; its vision recipe decays them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import re
 from copy import deepcopy
 from pathlib import Path
 
-from tssa.offline import TRAIN_DEFAULTS, configure_offline
+from tssa.offline import TRAIN_DEFAULTS, configure_offline, offline_enabled, place_fonts
 
-configure_offline()  # before ultralytics is imported: it reads its environment at import
+if offline_enabled():
+    configure_offline()  # before ultralytics is imported: it reads its environment at import
+
+# keep equal to the lower bound in pyproject.toml: 8.4.3 is the first release whose optimizer builder tags its
+# parameter groups (exempt_from_weight_decay needs them), 8.4.113 the first whose C2PSA builds below 64 channels
+# (the stand-in of every -p345 layer at scale n)
+MIN_ULTRALYTICS = (8, 4, 113)
+
+
+def _check_version(version: str) -> None:
+    found = tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+    if found < MIN_ULTRALYTICS:
+        need = ".".join(map(str, MIN_ULTRALYTICS))
+        raise ImportError(
+            f"tssa.ultralytics needs ultralytics>={need}, found "
+            f"{version}; upgrade with: pip install 'ultralytics>={need}'"
+        )
+
+
+_check_version(importlib.metadata.version("ultralytics"))
 
 import ultralytics.nn.tasks as _tasks  # noqa: E402
 from ultralytics.engine.trainer import BaseTrainer as _BaseTrainer  # noqa: E402
 from ultralytics.nn.modules import C2PSA  # noqa: E402
+from ultralytics.utils import USER_CONFIG_DIR as _USER_CONFIG_DIR  # noqa: E402
+
+if offline_enabled():
+    place_fonts(_USER_CONFIG_DIR)  # in the config dir Ultralytics uses, so it never downloads them
 
 from tssa.nn import TokenStatisticsAttention  # noqa: E402
 
@@ -162,7 +196,14 @@ def exempt_from_weight_decay(optimizer, model) -> int:
     decays them; this plug-in's choice). Returns how many were moved.
 
     Ultralytics' ``build_optimizer`` decays every weight that is not a norm weight or a bias, so the
-    temperature ``temp`` (H, 1) would otherwise be decayed. Call before the first step.
+    temperature ``temp`` (H, 1) would otherwise be decayed (and, under ``MuSGD``, orthogonalised as a
+    matrix). Each decayed group (``param_group`` ``"weight"`` or ``"muon"``) hands its temperatures to
+    the ``"bn"`` group of the same learning rate (``MuSGD`` splits groups by learning rate), which
+    keeps their warm-up and schedule. Call before the first step.
+
+    Raises:
+        ValueError: the optimizer has decayed groups but no matching no-decay ``"bn"`` group (an
+            optimizer not built by Ultralytics >= 8.4.3, whose builder tags its groups).
     """
     exempt = {
         id(getattr(m, name))
@@ -187,7 +228,11 @@ def exempt_from_weight_decay(optimizer, model) -> int:
             None,
         )
         if target is None:
-            raise ValueError("exempt_from_weight_decay: the optimizer has no no-decay ('bn') parameter group")
+            raise ValueError(
+                "exempt_from_weight_decay: the optimizer has no no-decay parameter group tagged "
+                "param_group='bn' with this learning rate; build it with Ultralytics' own "
+                "BaseTrainer.build_optimizer (pip install 'ultralytics>=8.4.113')"
+            )
         target["params"].extend(p for p in group["params"] if id(p) in exempt)
         moved += len(group["params"]) - len(keep)
         group["params"] = keep
