@@ -30,7 +30,9 @@ PUBLIC = [
 ]
 
 
-def measure(results_dir: str = "results", rerun: bool = False) -> tuple[list[dict], str]:
+def measure(
+    results_dir: str = "results", rerun: bool = False, suite_arg: str = "yolo-table"
+) -> tuple[list[dict], str]:
     """One dict per (variant, scale) from the rows of the ``yolo-table`` suite, and the run id.
 
     The rows come from the latest complete run of the suite's configuration on this machine (local
@@ -42,10 +44,11 @@ def measure(results_dir: str = "results", rerun: bool = False) -> tuple[list[dic
     from benchmarks.store import config_hash, list_runs, machine
     from benchmarks.suites import load_suite
 
-    suite = load_suite("yolo-table")
+    suite = load_suite(suite_arg)
+    name = suite["name"]
     done = [
         r
-        for r in list_runs(results_dir, "yolo-table")
+        for r in list_runs(results_dir, name)
         if r.record["status"] == "complete"
         and r.record["config_hash"] == config_hash(suite)
         and r.record["machine"]["id"] == machine()["id"]
@@ -53,7 +56,7 @@ def measure(results_dir: str = "results", rerun: bool = False) -> tuple[list[dic
     if done and not rerun:
         run = done[-1]
     else:
-        run = run_groups("yolo-table", suite, complexity.plan("yolo-table", suite), results_dir, log=lambda *a: None)
+        run = run_groups(name, suite, complexity.plan(name, suite), results_dir, log=lambda *a: None)
     by: dict[str, dict] = {}
     for r in run.rows():
         if r["error"] is not None:
@@ -61,11 +64,15 @@ def measure(results_dir: str = "results", rerun: bool = False) -> tuple[list[dic
         name = r["variant"]
         scale = name[len("yolo11")]
         entry = by.setdefault(name, {"variant": "yolo11" + name[len("yolo11") + 1 :], "scale": scale})
-        key = {"params": "params", "flops_torch": "gflops", "gflops_ultralytics": "gflops_ultralytics"}.get(r["metric"])
+        key = {"params": "params", "flops_torch": "gflops", "gflops_ultralytics": "gflops_ultralytics"}.get(
+            r["metric"]
+        )
         if key:
             entry[key] = r["value"] / 1e9 if key == "gflops" else r["value"]
     order = {v: i for i, v in enumerate(suite["complexity"]["model"]["yolo"]["variants"])}
-    rows = [by[k] for k in sorted(by, key=order.get) if {"params", "gflops", "gflops_ultralytics"} <= set(by[k])]
+    rows = [
+        by[k] for k in sorted(by, key=order.get) if {"params", "gflops", "gflops_ultralytics"} <= set(by[k])
+    ]
     return rows, run.id
 
 
@@ -88,7 +95,7 @@ def render(rows: list[dict], imgsz: int, run_id: str) -> str:
         f'Counted at a 1x3x{imgsz}x{imgsz} input in the project\'s FLOP convention (see "FLOPs" below: '
         "2 per multiply-add of every convolution, linear layer and matrix product, so softmax attention's "
         "N x N products count in full, plus 1 per elementwise operation), TSSA through its reference "
-        f"equations; rows of run `{run_id}` of the `yolo-table` suite. Ultralytics' estimate is "
+        f"equations; rows of run `{run_id}` of the `yolo-table` suite (`benchmarks/suites/yolo-table.yaml`). Ultralytics' estimate is "
         "`model.info()`'s thop figure.",
         "",
     ]
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     tssa.offline.configure_offline(tssa.offline.default_config_dir())  # a private settings dir
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
+    parser.add_argument("--suite", default="yolo-table", help="count-only model suite (name or .yaml path)")
     parser.add_argument("--rerun", action="store_true", help="measure again even if a complete run exists")
     parser.add_argument(
         "--write-readme", nargs="?", const=str(README), default=None, metavar="PATH", help="README to update"
@@ -141,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text()
         if text.count(START) != 1 or text.count(END) != 1:
             parser.error(f"--write-readme: {readme} needs exactly one {START} and one {END}")
-    rows, run_id = measure(args.results_dir, args.rerun)
+    try:
+        rows, run_id = measure(args.results_dir, args.rerun, args.suite)
+    except ValueError as e:
+        parser.error(str(e))
     block = render(rows, 640, run_id)
     print(block)
     if readme is not None:

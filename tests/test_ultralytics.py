@@ -299,7 +299,12 @@ def test_table_script_writes_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# t\n\n<!-- yolo-table:start -->\nold\n<!-- yolo-table:end -->\n\ntail\n")
     script = ROOT / "scripts" / "yolo_table.py"
-    cmd = [sys.executable, str(script), "--variants", "yolo11", "yolo11-tssa", "--scales", "n"]
+    suite = tmp_path / "table.yaml"
+    suite.write_text(
+        "name: table-test\nthreads: 1\ncomplexity:\n  model:\n    passes: [fwd]\n    timing: false\n"
+        "    profile_max_size: 0\n    yolo: {variants: [yolo11n, yolo11n-tssa], image_sizes: [640]}\n"
+    )
+    cmd = [sys.executable, str(script), "--suite", str(suite), "--results-dir", str(tmp_path / "r")]
     r = subprocess.run([*cmd, "--write-readme", str(readme)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     text = readme.read_text()
