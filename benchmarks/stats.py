@@ -109,7 +109,8 @@ def paired_differences(
     dup = df.duplicated([arm, seed, metric])
     if dup.any():
         r = df[dup].iloc[0]
-        raise ValueError(f"two values for arm={r[arm]!r}, seed={r[seed]!r}, metric={r[metric]!r}")
+        key = {c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in (arm, seed, metric)}
+        raise ValueError(f"two values for arm={key[arm]!r}, seed={key[seed]!r}, metric={key[metric]!r}")
     wide = df.pivot_table(index=[metric, seed], columns=arm, values=value, aggfunc="first")
     rows = []
     for other in sorted(a for a in set(df[arm]) if a != reference):

@@ -35,7 +35,7 @@ Layout::
     root/annotations/val.json            COCO ground truth of val with the fields listed above
 
 >>> import tempfile
->>> data_yaml = make_scenes(tempfile.mkdtemp() + "/scenes", n_train=2, n_val=1, imgsz=64)
+>>> data_yaml = make_scenes(tempfile.mkdtemp() + "/scenes", n_train=2, n_val=1, imgsz=128)
 >>> data_yaml.name
 'data.yaml'
 """
@@ -54,7 +54,15 @@ import numpy as np
 import yaml
 from PIL import Image
 
-__all__ = ["ScenesConfig", "make_scenes", "area_thresholds", "size_bucket", "CLASSES", "render_image"]
+__all__ = [
+    "ScenesConfig",
+    "make_scenes",
+    "area_thresholds",
+    "size_bucket",
+    "CLASSES",
+    "render_image",
+    "annotate",
+]
 
 CLASSES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon")
 COCO_SMALL, COCO_LARGE, COCO_WIDTH = 32, 96, 640  # COCO's area thresholds (sides, pixels) and image width
@@ -272,21 +280,47 @@ def render_image(rng: np.random.Generator, cfg: ScenesConfig) -> tuple[np.ndarra
             window[m] = 0
             for j in range(len(objects)):
                 objects[j]["visible"] -= int(hidden[j])
+    out = _annotations(owner, [(o["cls"], o["amodal_box"], o["amodal_area"]) for o in objects])
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), out
+
+
+def _annotations(owner: np.ndarray, objects: list[tuple[int, list[int], int]]) -> list[dict]:
+    """Visible box, area and fraction of each object (1-based ``owner`` labels) given (cls, amodal box, amodal area)."""
     out = []
-    for k, o in enumerate(objects, start=1):
+    for k, (cls, amodal_box, amodal_area) in enumerate(objects, start=1):
         ys, xs = np.nonzero(owner == k)
         box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
         out.append(
             {
-                "cls": o["cls"],
-                "amodal_box": o["amodal_box"],
-                "amodal_area": o["amodal_area"],
+                "cls": cls,
+                "amodal_box": amodal_box,
+                "amodal_area": amodal_area,
                 "box": box,
                 "area": int(len(xs)),
-                "visible_fraction": len(xs) / o["amodal_area"],
+                "visible_fraction": len(xs) / amodal_area,
             }
         )
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), out
+    return out
+
+
+def annotate(placements: list[tuple[int, int, int, int, int]], imgsz: int) -> list[dict]:
+    """Metadata of objects placed explicitly: ``(cls, x0, y0, w, h)`` each, painted in order (later in front).
+
+    The same bookkeeping as :func:`render_image` (which draws the placements at random), for
+    constructed cases: two 20x20 squares offset by 10 pixels leave the first one 0.5 visible.
+
+    >>> annotate([(1, 10, 10, 20, 20), (1, 20, 10, 20, 20)], 64)[0]["visible_fraction"]
+    0.5
+    """
+    owner = np.zeros((imgsz, imgsz), dtype=np.int16)
+    objects = []
+    for k, (cls, x0, y0, w, h) in enumerate(placements, start=1):
+        mask = _shape_mask(cls, h, w)
+        owner[y0 : y0 + h, x0 : x0 + w][mask] = k
+        ys, xs = np.nonzero(mask)
+        box = [x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1]
+        objects.append((cls, box, int(mask.sum())))
+    return _annotations(owner, objects)
 
 
 def _xywh(b: list[int]) -> list[int]:
