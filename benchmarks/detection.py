@@ -53,6 +53,8 @@ __all__ = [
     "run_detection_cell",
     "parse_arm",
     "prepare_data",
+    "check_data",
+    "ACCURACY_METRICS",
 ]
 
 _LEVELS = tuple(DEFAULT_LEVELS)
@@ -327,7 +329,9 @@ class DetectionSection(_Strict):
             scale = parse_arm(self.reference)[1]
             tssa = f"yolo11{scale}-tssa"
             self.claims = (
-                [c.model_copy(update={"arm": tssa}) for c in _default_claims()] if tssa in self.arms else []
+                [c.model_copy(update={"arm": tssa}) for c in _default_claims()]
+                if tssa in self.arms and tssa != self.reference
+                else []
             )
         for c in self.claims:
             if c.arm not in self.arms or c.arm == self.reference:
@@ -413,6 +417,21 @@ def detection_cells(section: DetectionSection) -> list[dict[str, Any]]:
                 }
             )
     return cells
+
+
+def check_data(section: DetectionSection) -> None:
+    """Check, without downloading or generating anything, that the section's data can be had.
+
+    Generated data always can; a data YAML must exist with its train and val images (for
+    ``--dry-run``).
+
+    Raises:
+        benchmarks.data.real.DataError: one line naming the missing file or folder.
+    """
+    if section.data.yaml is not None:
+        from benchmarks.data.real import resolve_data_yaml
+
+        resolve_data_yaml(section.data.yaml)
 
 
 def prepare_data(data: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:

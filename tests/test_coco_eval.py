@@ -21,8 +21,24 @@ GT = {
     "images": [{"id": 7, "file_name": "00007.png", "width": 100, "height": 100}],
     "categories": [{"id": 1, "name": "thing"}],
     "annotations": [
-        {"id": 1, "image_id": 7, "category_id": 1, "bbox": A, "area": 100, "iscrowd": 0, "visible_fraction": 1.0},
-        {"id": 2, "image_id": 7, "category_id": 1, "bbox": B, "area": 100, "iscrowd": 0, "visible_fraction": 0.3},
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 1,
+            "bbox": A,
+            "area": 100,
+            "iscrowd": 0,
+            "visible_fraction": 1.0,
+        },
+        {
+            "id": 2,
+            "image_id": 7,
+            "category_id": 1,
+            "bbox": B,
+            "area": 100,
+            "iscrowd": 0,
+            "visible_fraction": 0.3,
+        },
     ],
 }
 
@@ -80,7 +96,9 @@ def test_annotation_ignore_flag_is_kept_unlike_pycocotools():
             if E is fixed:
                 assert coco.anns[1]["ignore"] == 1  # the fixed evaluator leaves the ground truth as it was
     assert fixed.stats[0] == pytest.approx(1.0)
-    assert plain.stats[0] == pytest.approx(51 / 101)  # pycocotools overwrote ignore with iscrowd: A counts as missed
+    assert plain.stats[0] == pytest.approx(
+        51 / 101
+    )  # pycocotools overwrote ignore with iscrowd: A counts as missed
     assert coco.anns[1]["ignore"] == 0  # ... in the ground truth object itself
 
 
@@ -96,7 +114,9 @@ def test_no_predictions_and_string_image_ids():
     # Ultralytics names non-numeric files by their stem: mapped back by file name
     gt = copy.deepcopy(GT)
     gt["images"][0]["file_name"] = "img_a.jpg"
-    assert evaluate_detections(gt, [det(A, 0.9, image_id="img_a"), det(B, 0.8, image_id="img_a")])["map50"] == pytest.approx(1.0)
+    assert evaluate_detections(gt, [det(A, 0.9, image_id="img_a"), det(B, 0.8, image_id="img_a")])[
+        "map50"
+    ] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no ground truth image"):
         evaluate_detections(gt, [det(A, 0.9, image_id="other")])
 
@@ -120,11 +140,15 @@ def test_overall_map_equals_unmodified_pycocotools(tmp_path):
             x, y, w, h = a["bbox"]
             j = rng.normal(0, 0.1, 4) * [w, h, w, h]
             cat = a["category_id"] if rng.uniform() < 0.9 else 1
-            preds.append(det([x + j[0], y + j[1], w + j[2], h + j[3]], float(rng.uniform()), a["image_id"], cat))
+            preds.append(
+                det([x + j[0], y + j[1], w + j[2], h + j[3]], float(rng.uniform()), a["image_id"], cat)
+            )
     for im in gt["images"]:
         for _ in range(20):
             box = [*rng.uniform(0, 300, 2), *rng.uniform(3, 100, 2)]
-            preds.append(det([float(v) for v in box], float(rng.uniform(0, 0.5)), im["id"], int(rng.integers(1, 9))))
+            preds.append(
+                det([float(v) for v in box], float(rng.uniform(0, 0.5)), im["id"], int(rng.integers(1, 9)))
+            )
     ours = evaluate_detections(gt_path, preds)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(gt_path))

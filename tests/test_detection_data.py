@@ -18,7 +18,9 @@ from benchmarks.data.scenes import CLASSES, annotate, area_thresholds, make_scen
 
 def _digest(root: Path) -> str:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml")
-    return hashlib.sha256(b"".join(p.relative_to(root).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()
+    return hashlib.sha256(
+        b"".join(p.relative_to(root).as_posix().encode() + p.read_bytes() for p in files)
+    ).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,16 @@ def test_bad_arguments_name_the_argument(tmp_path, kw, match):
 
 
 def test_cli_writes_the_dataset(tmp_path):
-    args = [sys.executable, "-m", "benchmarks.data.scenes", str(tmp_path / "cli"), "--n-train", "2", "--n-val", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.data.scenes",
+        str(tmp_path / "cli"),
+        "--n-train",
+        "2",
+        "--n-val",
+        "1",
+    ]
     r = subprocess.run([*args, "--imgsz", "128"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()) == tmp_path / "cli" / "data.yaml"
@@ -110,18 +121,29 @@ def test_val_metadata_is_consistent(scenes):
         by_image.setdefault(a["image_id"], []).append(a)
     for image_id, group in by_image.items():
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in group)])
-        assert [a["occlusion_proxy"] for a in group] == pytest.approx(box_occlusion_proxy(boxes).tolist(), abs=1e-6)
+        assert [a["occlusion_proxy"] for a in group] == pytest.approx(
+            box_occlusion_proxy(boxes).tolist(), abs=1e-6
+        )
         lines = (scenes.parent / f"labels/val/{image_id:05d}.txt").read_text().splitlines()
         yolo = np.array([[float(v) for v in line.split()] for line in lines])
         assert yolo[:, 0].astype(int).tolist() == [a["category_id"] - 1 for a in group]
-        xyxy = np.c_[yolo[:, 1] - yolo[:, 3] / 2, yolo[:, 2] - yolo[:, 4] / 2, yolo[:, 1] + yolo[:, 3] / 2, yolo[:, 2] + yolo[:, 4] / 2]
+        xyxy = np.c_[
+            yolo[:, 1] - yolo[:, 3] / 2,
+            yolo[:, 2] - yolo[:, 4] / 2,
+            yolo[:, 1] + yolo[:, 3] / 2,
+            yolo[:, 2] + yolo[:, 4] / 2,
+        ]
         np.testing.assert_allclose(xyxy * 320, boxes, atol=1e-3)
     # every size bucket and occlusion level is well populated; sizes span >= 16x
     n = len(anns)
     for bucket in ("small", "medium", "large"):
         assert sum(a["size_bucket"] == bucket for a in anns) >= 0.15 * n, bucket
     vis = np.array([a["visible_fraction"] for a in anns])
-    assert (vis >= 0.9).sum() >= 0.3 * n and ((vis >= 0.5) & (vis < 0.9)).sum() >= 0.08 * n and (vis < 0.5).sum() >= 0.04 * n
+    assert (
+        (vis >= 0.9).sum() >= 0.3 * n
+        and ((vis >= 0.5) & (vis < 0.9)).sum() >= 0.08 * n
+        and (vis < 0.5).sum() >= 0.04 * n
+    )
     sides = np.array([max(a["amodal_bbox"][2:]) for a in anns])
     assert sides.max() / sides.min() >= 16
 
@@ -146,7 +168,15 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert "\n" not in str(e.value)
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        yaml.safe_dump({"path": str(tmp_path / "nowhere"), "train": "images/train", "val": "images/val", "names": {0: "a"}, "download": "https://example.invalid/x.zip"})
+        yaml.safe_dump(
+            {
+                "path": str(tmp_path / "nowhere"),
+                "train": "images/train",
+                "val": "images/val",
+                "names": {0: "a"},
+                "download": "https://example.invalid/x.zip",
+            }
+        )
     )
     with pytest.raises(DataError) as e:
         resolve_data_yaml(bad)

@@ -14,7 +14,11 @@ T975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tabl
 
 def long(values: dict[str, list[float]], metric: str = "ap") -> pd.DataFrame:
     return pd.DataFrame(
-        [{"arm": a, "seed": s, "metric": metric, "value": v} for a, vs in values.items() for s, v in enumerate(vs)]
+        [
+            {"arm": a, "seed": s, "metric": metric, "value": v}
+            for a, vs in values.items()
+            for s, v in enumerate(vs)
+        ]
     )
 
 
@@ -43,7 +47,9 @@ def test_paired_difference_by_hand():
 def test_pairs_only_seeds_both_arms_have():
     df = long({"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0]})  # b lacks seed 2
     r = paired_differences(df, reference="a").iloc[0]
-    assert r["n"] == 2 and r["mean_diff"] == 1.0 and r["p_value"] == 0.0 and r["ci_low"] == r["ci_high"] == 1.0
+    assert (
+        r["n"] == 2 and r["mean_diff"] == 1.0 and r["p_value"] == 0.0 and r["ci_low"] == r["ci_high"] == 1.0
+    )
     with pytest.raises(ValueError, match="unknown reference arm 'c'"):
         paired_differences(df, reference="c")
     with pytest.raises(ValueError, match="two values for arm='a', seed=0"):
@@ -89,7 +95,10 @@ def test_verdicts_from_a_table():
     df = pd.concat(
         [
             long({"ref": [0.30, 0.31, 0.32, 0.30, 0.31], "tssa": [0.35, 0.36, 0.37, 0.36, 0.35]}, "ap_small"),
-            long({"ref": [0.50, 0.52, 0.51, 0.50, 0.52], "tssa": [0.501, 0.519, 0.511, 0.501, 0.52]}, "ap_large"),
+            long(
+                {"ref": [0.50, 0.52, 0.51, 0.50, 0.52], "tssa": [0.501, 0.519, 0.511, 0.501, 0.52]},
+                "ap_large",
+            ),
         ]
     )
     d = holm(paired_differences(df, reference="ref"), family=["ap_small", "ap_large"])
