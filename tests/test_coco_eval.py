@@ -96,9 +96,8 @@ def test_annotation_ignore_flag_is_kept_unlike_pycocotools():
             if E is fixed:
                 assert coco.anns[1]["ignore"] == 1  # the fixed evaluator leaves the ground truth as it was
     assert fixed.stats[0] == pytest.approx(1.0)
-    assert plain.stats[0] == pytest.approx(
-        51 / 101
-    )  # pycocotools overwrote ignore with iscrowd: A counts as missed
+    # pycocotools overwrote ignore with iscrowd: A counts as missed
+    assert plain.stats[0] == pytest.approx(51 / 101)
     assert coco.anns[1]["ignore"] == 0  # ... in the ground truth object itself
 
 
