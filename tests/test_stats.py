@@ -1,0 +1,113 @@
+"""Seed statistics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from benchmarks.stats import describe, holm, paired_differences, verdict, verdicts
+
+T975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables)
+
+
+def long(values: dict[str, list[float]], metric: str = "ap") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"arm": a, "seed": s, "metric": metric, "value": v}
+            for a, vs in values.items()
+            for s, v in enumerate(vs)
+        ]
+    )
+
+
+def test_describe_by_hand():
+    df = long({"a": [1.0, 2.0, 3.0], "b": [2.0, 3.5, 4.0]})
+    r = describe(df).set_index("arm").loc["a"]
+    assert (r["n"], r["mean"], r["sd"]) == (3, 2.0, 1.0)
+    half = T975_DF2 * 1.0 / math.sqrt(3)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((2 - half, 2 + half))
+    one = describe(long({"a": [1.0]})).iloc[0]
+    assert one["n"] == 1 and math.isnan(one["ci_low"])  # no interval from one seed
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 1.5, 1: mean 7/6, sd sqrt(1/12), se 1/6, t = 7 with 2 degrees of freedom;
+    # two-sided p for df = 2: 1 - t / sqrt(2 + t^2)
+    df = long({"a": [1.0, 2.0, 3.0], "b": [2.0, 3.5, 4.0]})
+    r = paired_differences(df, reference="a").iloc[0]
+    assert (r["arm"], r["reference"], r["n"]) == ("b", "a", 3)
+    assert r["mean_diff"] == pytest.approx(7 / 6) and r["sd_diff"] == pytest.approx(math.sqrt(1 / 12))
+    assert r["t"] == pytest.approx(7.0)
+    assert r["p_value"] == pytest.approx(1 - 7 / math.sqrt(51))
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((7 / 6 - T975_DF2 / 6, 7 / 6 + T975_DF2 / 6))
+
+
+def test_pairs_only_seeds_both_arms_have():
+    df = long({"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0]})  # b lacks seed 2
+    r = paired_differences(df, reference="a").iloc[0]
+    assert (
+        r["n"] == 2 and r["mean_diff"] == 1.0 and r["p_value"] == 0.0 and r["ci_low"] == r["ci_high"] == 1.0
+    )
+    with pytest.raises(ValueError, match="unknown reference arm 'c'"):
+        paired_differences(df, reference="c")
+    with pytest.raises(ValueError, match="two values for arm='a', seed=0"):
+        paired_differences(pd.concat([df, df.iloc[:1]]), reference="a")
+    with pytest.raises(ValueError, match="lacks column"):
+        paired_differences(df.rename(columns={"seed": "s"}), reference="a")
+
+
+def test_other_arm_column_name():
+    df = long({"x": [1.0, 2.0], "y": [1.5, 2.5]}).rename(columns={"arm": "variant"})
+    assert paired_differences(df, reference="x", arm="variant")["mean_diff"].tolist() == [0.5]
+    assert describe(df, arm="variant")["mean"].tolist() == [1.5, 2.0]
+
+
+def test_holm_by_hand():
+    diffs = pd.DataFrame(
+        {"arm": ["t"] * 4, "metric": ["s", "m", "l", "other"], "p_value": [0.01, 0.04, 0.03, 0.001]}
+    )
+    # sorted p 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> monotone 0.03, 0.06, 0.06
+    out = holm(diffs, family=["s", "m", "l"])
+    assert out["p_holm"].tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(out["p_holm"].iloc[3])  # outside the family
+
+
+@pytest.mark.parametrize(
+    "ci, mean, p, hib, expected",
+    [
+        ((-0.002, 0.003), 0.0005, 0.7, True, "equivalent"),
+        ((0.001, 0.004), 0.0025, 0.01, True, "equivalent"),  # significant but inside the ROPE
+        ((0.004, 0.03), 0.017, 0.01, True, "supported"),
+        ((-0.03, -0.004), -0.017, 0.01, True, "contradicted"),
+        ((-0.03, -0.004), -0.017, 0.01, False, "supported"),  # lower is better
+        ((-0.01, 0.03), 0.01, 0.3, True, "inconclusive"),
+        ((0.004, 0.03), 0.017, 0.06, True, "inconclusive"),  # not significant after Holm
+        ((math.nan, math.nan), 0.01, math.nan, True, "inconclusive"),
+    ],
+)
+def test_verdict_rules(ci, mean, p, hib, expected):
+    assert verdict(ci[0], ci[1], mean, p, 0.005, higher_is_better=hib) == expected
+
+
+def test_verdicts_from_a_table():
+    df = pd.concat(
+        [
+            long({"ref": [0.30, 0.31, 0.32, 0.30, 0.31], "tssa": [0.35, 0.36, 0.37, 0.36, 0.35]}, "ap_small"),
+            long(
+                {"ref": [0.50, 0.52, 0.51, 0.50, 0.52], "tssa": [0.501, 0.519, 0.511, 0.501, 0.52]},
+                "ap_large",
+            ),
+        ]
+    )
+    d = holm(paired_differences(df, reference="ref"), family=["ap_small", "ap_large"])
+    claims = [
+        {"name": "small", "arm": "tssa", "metric": "ap_small"},
+        {"name": "large", "arm": "tssa", "metric": "ap_large"},
+    ]
+    v = verdicts(d, claims, rope=0.005).set_index("claim")
+    assert v.loc["small", "verdict"] == "supported" and v.loc["large", "verdict"] == "equivalent"
+    assert v.loc["small", "p_adj"] == pytest.approx(2 * min(d["p_value"]))  # Holm: smallest of 2 times 2
+    with pytest.raises(ValueError, match="no paired difference for arm 'tssa' and metric 'ap_medium'"):
+        verdicts(d, [{"name": "m", "arm": "tssa", "metric": "ap_medium"}], rope=0.005)
