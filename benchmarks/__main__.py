@@ -22,10 +22,20 @@ import time
 
 
 def _plan(suite_name: str, suite: dict, part: str):
+    """Every group of the suite: the complexity sweeps, then the detection study."""
     from benchmarks import complexity
 
-    parts = ("operator", "model") if part == "all" else (part,)
-    return complexity.plan(suite_name, suite, parts)
+    parts = ("operator", "model", "detection") if part == "all" else (part,)
+    groups = complexity.plan(suite_name, suite, parts)
+    if "detection" in parts and suite.get("detection") is not None:
+        from benchmarks import detection_study
+
+        groups += detection_study.plan(suite_name, suite)
+    return groups
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    print(f"[{done}/{total} cells] {label}", flush=True)
 
 
 def _cmd_run(args, ap) -> int:
@@ -35,11 +45,19 @@ def _cmd_run(args, ap) -> int:
     from benchmarks.store import list_runs, machine
 
     suite = args.suite
-    if suite["device"] == "cuda" and not torch.cuda.is_available():
-        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     cx = suite.get("complexity") or {}
-    if args.part != "all" and cx.get(args.part) is None:
+    if args.part == "detection" and suite.get("detection") is None:
+        ap.error(f"suite {args.suite_name!r} has no detection section")
+    if args.part in ("operator", "model") and cx.get(args.part) is None:
         ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    if suite.get("detection") is not None and args.part in ("all", "detection"):
+        from benchmarks.data.real import DataError
+        from benchmarks.detection import check_data, parse_detection
+
+        try:
+            check_data(parse_detection(suite["detection"]))
+        except (DataError, ValueError) as exc:
+            ap.error(str(exc))
     try:
         groups = _plan(args.suite_name, suite, args.part)
     except ValueError as exc:
@@ -61,10 +79,22 @@ def _cmd_run(args, ap) -> int:
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         return 0
     del open_run
+    if suite["device"] == "cuda" and not torch.cuda.is_available():
+        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     t0 = time.perf_counter()
     run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
-                     device=suite["device"])  # fmt: skip
+                     device=suite["device"], progress=_progress)  # fmt: skip
     print(f"run {run.id}: {run.summary()} in {run.path} ({time.perf_counter() - t0:.0f} s)")
+    if suite.get("detection") is not None and args.part in ("all", "detection"):
+        from benchmarks import detection_study
+        from benchmarks.store import load_rows
+
+        df = load_rows([run])
+        if not df.empty and (df["kind"] == "detection").any():
+            s = detection_study.summary(df, suite["detection"])
+            print(
+                detection_study.summary_markdown(s, f"Detection study, suite {args.suite_name}, run {run.id}")
+            )
     return 0
 
 
@@ -93,8 +123,9 @@ def _cmd_derive(args, ap) -> int:
         d = derive(df, fit_min_tokens=fit_min, reference=args.reference)
     except ValueError as exc:
         ap.error(str(exc))
-    if not d["configs"] and not d["models"]:
-        ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free complexity latency rows")
+    has_det = not df.empty and (df["kind"] == "detection").any()
+    if not d["configs"] and not d["models"] and not has_det:
+        ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free rows to derive from")
     command = f"python -m benchmarks derive --suite {args.suite_name}"
     block = derived_markdown(d, command)
     print(block)
@@ -110,6 +141,24 @@ def _cmd_derive(args, ap) -> int:
         except ValueError as exc:
             ap.error(str(exc))
         print(f"updated {args.readme}")
+    if has_det:
+        from benchmarks import detection_study
+
+        blocks = []
+        for run in runs:  # one table per run: rows of different machines are never pooled
+            rdf = df[df["run"] == run.id]
+            if (rdf["kind"] == "detection").any():
+                s = detection_study.summary(rdf, run.record["config"]["detection"])
+                title = (f"Detection study, suite {args.suite_name}, run {run.id} ({run.record['machine']['name']}); "
+                         f"mean ± sd (n seeds)")  # fmt: skip
+                blocks.append(detection_study.summary_markdown(s, title))
+        block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
+        print(block)
+        if args.readme:
+            try:
+                write_readme_block(args.readme, f"detection:{args.suite_name}", block)
+            except ValueError as exc:
+                ap.error(str(exc))
     return 0
 
 
@@ -154,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--suite", default=None, help="embedded suite name (cpu, gpu) or a .yaml path")
     common.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     r = sub.add_parser("run", parents=[common], help="run a suite's cells into this machine's run (resumes)")
-    r.add_argument("--part", choices=["operator", "model", "all"], default="all")
+    r.add_argument("--part", choices=["operator", "model", "detection", "all"], default="all")
     r.add_argument("--retry-failed", action="store_true", help="run failed cells of the latest run again")
     r.add_argument(
         "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"
@@ -170,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
     args = ap.parse_args(argv)
     args.suite_given = args.suite is not None
-    if args.cmd in ("runs", "publish") and args.suite is not None and not args.suite.endswith((".yaml", ".yml")):
+    if (
+        args.cmd in ("runs", "publish")
+        and args.suite is not None
+        and not args.suite.endswith((".yaml", ".yml"))
+    ):
         from benchmarks.suites import NAME_RE
 
         if not NAME_RE.match(args.suite):  # a run's suite by name (e.g. floor), embedded or not

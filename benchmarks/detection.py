@@ -74,7 +74,7 @@ def _metrics() -> dict[str, dict[str, Any]]:
         "ul_map50_95": _m("1", True, "mAP50-95 (Ultralytics)", r"mAP$_{50:95}^{\mathrm{UL}}$", 4),
         "ul_map50": _m("1", True, "mAP50 (Ultralytics)", r"mAP$_{50}^{\mathrm{UL}}$", 4),
         "params": _m("count", None, "parameters", r"params", 0),
-        "gflops": _m("GFLOP", False, "GFLOPs (counted, 2 per MAC)", r"GFLOPs", 2),
+        "gflops": _m("GFLOPs", False, "GFLOPs (counted)", r"GFLOPs", 2),
         "latency_ms": _m("ms", False, "inference latency (median, batch 1)", r"latency (ms)", 2),
         "latency_samples": _m("count", None, "latency samples behind the median", r"$n_{\mathrm{lat}}$", 0),
         "train_time_s": _m("s", False, "training time", r"train time (s)", 1),
@@ -510,7 +510,7 @@ def run_detection_cell(
     from ultralytics import YOLO
 
     import tssa.ultralytics as tu
-    from tssa.ultralytics.flops import detector_gflops
+    from benchmarks.flops import model_gflops
     from tssa.ultralytics.flops import params as count_params
     from tssa.utils import LiveTensorTracker
 
@@ -625,7 +625,7 @@ def run_detection_cell(
         out["ul_map50"] = float(val.box.map50)
         net = trained.model.float()
         out["params"] = float(count_params(net))
-        out["gflops"] = float(detector_gflops(net, params["imgsz"]))
+        out["gflops"] = float(model_gflops(net, params["imgsz"]))  # the project's FLOP convention
         fused = YOLO(str(weights)).model.float().fuse().eval().to("cuda" if device.isdigit() else device)
         out["latency_ms"], n = _latency(
             fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"]

@@ -230,3 +230,26 @@ def analytic_counts(variant: str, *, batch: int, tokens: int, dim: int, heads: i
             f"no analytic formula for variant {variant!r}; known: floor, softmax, sdpa, tssa[:impl]"
         )
     return {"macs": macs, "elementwise": elem, "flops": 2 * macs + elem}
+
+
+def model_gflops(model: torch.nn.Module, imgsz: int) -> float:
+    """GFLOPs of one forward of an image model on a (1, 3, imgsz, imgsz) input in the project's
+    convention (:func:`count_flops_torch`; TSSA through its reference equations, ``TSSA_IMPL=naive``),
+    under ``no_grad`` in eval mode (restored afterwards)."""
+    import os
+
+    p = next(model.parameters())
+    was_training, before = model.training, os.environ.get("TSSA_IMPL")
+    model.eval()
+    os.environ["TSSA_IMPL"] = "naive"
+    try:
+        x = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            flops = count_flops_torch(model, x)
+    finally:
+        model.train(was_training)
+        if before is None:
+            del os.environ["TSSA_IMPL"]
+        else:
+            os.environ["TSSA_IMPL"] = before
+    return flops / 1e9

@@ -161,7 +161,9 @@ def test_tiny_cell_twice_gives_identical_accuracy(tmp_path):
     assert (tmp_path / "run0" / "train" / "weights" / "best.pt").is_file()
     preds = [(tmp_path / f"run{i}" / "val" / "predictions.json").read_text() for i in range(2)]
     assert preds[0] == preds[1] and len(json.loads(preds[0])) > 0  # the same detections, not just zeros
-    print({k: r[k] for k in ("map50_95", "map50", "ul_map50", "train_time_s", "train_peak_mib", "latency_ms")})
+    print(
+        {k: r[k] for k in ("map50_95", "map50", "ul_map50", "train_time_s", "train_peak_mib", "latency_ms")}
+    )
 
 
 def test_missing_data_yaml_is_one_clear_line(tmp_path):

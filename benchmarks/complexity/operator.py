@@ -68,7 +68,10 @@ def expand_variants(variants: list[str], device: str, dtype: str) -> list[str]:
     (explicit-only paths such as ``compile``, with a negative priority, are left out)."""
     from tssa.ops import _IMPLS, available_impls
 
-    probe = torch.zeros(1, 2, 4, 4, device=device, dtype=getattr(torch, dtype))
+    try:
+        probe = torch.zeros(1, 2, 4, 4, device=device, dtype=getattr(torch, dtype))
+    except (RuntimeError, AssertionError):  # the device is not here (a --dry-run elsewhere): list every impl
+        probe = None
     out: list[str] = []
     for v in variants:
         check_variant(v)
@@ -77,7 +80,7 @@ def expand_variants(variants: list[str], device: str, dtype: str) -> list[str]:
                 if _IMPLS[name].priority < 0:
                     continue
                 try:
-                    ok = _IMPLS[name].supports(probe, False)
+                    ok = probe is None or _IMPLS[name].supports(probe, False)
                 except Exception:  # an impl whose probe fails cannot run here
                     ok = False
                 if ok and f"tssa:{name}" not in out:

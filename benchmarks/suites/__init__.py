@@ -6,7 +6,8 @@ not path-safe, a custom file that reuses an embedded suite's name and variant na
 knows are refused with one line naming the key and the allowed values (:class:`SuiteError`).
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
-``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep).
+``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep)
+and ``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`).
 
 >>> suite = load_suite("cpu")
 >>> suite["device"], suite["complexity"]["operator"]["dim"]
@@ -148,11 +149,15 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _sections(self):
-        for sec in ("detection", "classification"):
+        if self.detection is not None:
+            from benchmarks.detection import parse_detection
+
+            self.detection = parse_detection(self.detection).model_dump()
+        for sec in ("classification",):
             if getattr(self, sec) is not None:
                 raise ValueError(
                     f"the {sec!r} section is not supported by this version of the harness; remove it "
-                    "(supported sections: complexity)"
+                    "(supported sections: complexity, detection)"
                 )
         return self
 

@@ -1,0 +1,160 @@
+"""The detection study through the harness: suite section -> cells -> runs -> rows -> summary.
+
+Each (arm, seed) of a suite's ``detection:`` section (:mod:`benchmarks.detection`) is one cell of
+kind ``detection``, executed alone by :func:`benchmarks.detection.run_detection_cell` (Ultralytics'
+own ``train`` and ``val``, pycocotools on ``predictions.json``). Training artefacts go to the run's
+``artifacts/<cell hash>/`` (never published); generated data are made once per run under
+``artifacts/data``. Every returned metric becomes a row (unit from the registry); a metric that
+has no value (a stratum without ground truth) becomes a row with an ``error`` saying so.
+
+:func:`summary` turns the rows of selected runs into the study's tables: per arm and metric the
+mean, sd, n and 95% t interval over seeds; per arm the paired difference against the reference
+with its 95% t interval and Holm-adjusted p across the size and occlusion strata; and the verdict
+on each claim (supported, contradicted, equivalent, inconclusive) with the suite's ROPE.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from benchmarks import metrics as _metrics
+from benchmarks.cells import Cell
+from benchmarks.runner import Context, Group, Outcome, reason
+
+KIND = "detection"
+_IDENTITY = ("scale", "imgsz", "epochs", "batch")
+
+
+def register_metrics() -> None:
+    """Put the study's metrics into the registry (names already there keep their entry)."""
+    from benchmarks.detection import DETECTION_METRICS
+
+    for name, m in DETECTION_METRICS.items():
+        if name in _metrics.METRICS:
+            continue
+        _metrics.register(name, m["unit"], m["higher_is_better"], m["label"], m["latex"], m["precision"])
+
+
+def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
+    """One group (one cell) per (seed, arm) of the suite's detection section, seed-major."""
+    from benchmarks.detection import detection_cells, parse_detection
+
+    register_metrics()
+    section = parse_detection(suite["detection"])
+    groups = []
+    for p in detection_cells(section):
+        settings = {k: p[k] for k in ("data", "train", "eval", "latency", "occlusion_levels")}
+        cell = Cell.make(
+            KIND,
+            {"variant": p["arm"], "pass": "train", "seed": p["seed"], "image_size": p["imgsz"],
+             "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]},
+            settings,
+        )  # fmt: skip
+        groups.append(Group([cell], _executor(p), label=f"{p['arm']} seed {p['seed']}"))
+    return groups
+
+
+def _executor(params: dict[str, Any]):
+    def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+        from benchmarks.detection import run_detection_cell
+
+        (cell,) = cells
+        workdir = ctx.run.artifacts(cell.hash)
+        data_dir = ctx.run.artifacts("data")
+        ctx.log(f"  training {cell['variant']} seed {cell['seed']} ({cell['epochs']} epochs) in {workdir}")
+        try:
+            values = run_detection_cell(params, workdir, data_dir=data_dir)
+        except Exception as exc:
+            return {cell.id: Outcome(failed=reason(exc))}
+        rows = []
+        for name, v in values.items():
+            if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)):
+                rows.append(ctx.row(cell, name, None, error="no value: the stratum has no ground truth here"))
+            else:
+                rows.append(ctx.row(cell, name, float(v)))
+        return {cell.id: Outcome(rows=rows)}
+
+    return execute
+
+
+def summary(df, section: dict[str, Any]) -> dict[str, Any]:
+    """The study's tables from detection rows (one run or several): ``describe``, ``diffs``, ``verdicts``.
+
+    Rows of different machines are never pooled: the caller passes the rows of one run.
+    """
+    import pandas as pd
+
+    from benchmarks import stats
+    from benchmarks.detection import parse_detection
+
+    sec = parse_detection(section)
+    ok = df[(df["kind"] == KIND) & df["error"].isna()][["variant", "seed", "metric", "value"]]
+    ok = ok.rename(columns={"variant": "arm"})
+    desc = stats.describe(ok)
+    diffs = stats.paired_differences(ok, reference=sec.reference)
+    diffs = stats.holm(diffs, family=sec.holm_family, alpha=sec.alpha)
+    hib = {k: bool(m.higher_is_better) for k, m in _metrics.METRICS.items() if m.higher_is_better is not None}
+    claims = [c.model_dump() for c in sec.claims]
+    ver = (
+        stats.verdicts(diffs, claims, sec.rope, higher_is_better=hib, alpha=sec.alpha)
+        if claims
+        else pd.DataFrame()
+    )
+    return {"describe": desc, "diffs": diffs, "verdicts": ver, "reference": sec.reference, "rope": sec.rope}
+
+
+SUMMARY_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap_occ_none", "ap_occ_partial",
+                   "ap_occ_heavy", "ul_map50_95", "params", "gflops", "latency_ms", "train_time_s", "train_peak_mib")  # fmt: skip
+
+
+def _ci(r) -> str:
+    if r["ci_low"] != r["ci_low"]:  # NaN: fewer than two paired seeds
+        return "[n/a: < 2 seeds]"
+    return f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+
+
+def summary_markdown(s: dict[str, Any], title: str) -> str:
+    """Markdown: arms x metrics (mean +- sd (n)), paired differences against the reference, verdicts."""
+    desc, diffs, ver = s["describe"], s["diffs"], s["verdicts"]
+    mets = [m for m in SUMMARY_METRICS if m in set(desc["metric"])]
+    arms = list(dict.fromkeys(desc["arm"]))
+    lines = [f"**{title}**", "", "| arm | " + " | ".join(_metrics.get(m).label for m in mets) + " |",
+             "| --- | " + " | ".join("---:" for _ in mets) + " |"]  # fmt: skip
+    for a in arms:
+        cells = []
+        for m in mets:
+            r = desc[(desc["arm"] == a) & (desc["metric"] == m)]
+            if r.empty:
+                cells.append("-")
+                continue
+            r = r.iloc[0]
+            p = _metrics.get(m).precision
+            sd = f"{r['sd']:.{p}f}" if r["n"] > 1 else "n/a"
+            cells.append(f"{r['mean']:.{p}f} ± {sd} ({int(r['n'])})")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    acc = [m for m in mets if _metrics.get(m).unit == "1"]
+    if not diffs.empty:
+        lines += ["", f"Paired differences against {s['reference']} (mean [95% t interval], Holm-adjusted p where the "
+                  "metric is a stratum):", "", "| arm | " + " | ".join(_metrics.get(m).label for m in acc) + " |",
+                  "| --- | " + " | ".join("---:" for _ in acc) + " |"]  # fmt: skip
+        for a in [x for x in arms if x != s["reference"]]:
+            cells = []
+            for m in acc:
+                r = diffs[(diffs["arm"] == a) & (diffs["metric"] == m)]
+                if r.empty:
+                    cells.append("-")
+                    continue
+                r = r.iloc[0]
+                ph = f", p={r['p_holm']:.2g}" if "p_holm" in r and r["p_holm"] == r["p_holm"] else ""
+                cells.append(f"{r['mean_diff']:+.4f} {_ci(r)}{ph}")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    if not ver.empty:
+        lines += ["", f"Verdicts (ROPE ±{s['rope']} AP, declared in the suite before any result):", "",
+                  "| claim | arm | metric | n | difference [95% CI] | p (Holm) | verdict |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+        for _, r in ver.iterrows():
+            p_adj = f"{r['p_adj']:.3g}" if r["p_adj"] == r["p_adj"] else "n/a"
+            lines.append(f"| {r['claim']} | {r['arm']} | {r['metric']} | {r['n']} | {r['mean_diff']:+.4f} "
+                         f"{_ci(r)} | {p_adj} | **{r['verdict']}** |")  # fmt: skip
+    return "\n".join(lines)
