@@ -1,0 +1,89 @@
+"""The detection study through the harness: the smoke profile end to end, reproducible, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.store import list_runs, load_rows
+from benchmarks.suites import SuiteError, load_suite, validate_suite
+
+
+def _run(results, *extra):
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--suite", "smoke", "--part", "detection",
+           "--results-dir", str(results), *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_detection_end_to_end_reproduces_every_accuracy_number(tmp_path):
+    from benchmarks.detection import ACCURACY_METRICS
+
+    a = _run(tmp_path / "a")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert (
+        "Verdicts (ROPE ±0.005 AP" in a.stdout
+        and "| TSSA improves small objects | yolo11n-tssa |" in a.stdout
+    )
+    b = _run(tmp_path / "b")
+    assert b.returncode == 0, b.stderr[-2000:]
+    rows = {}
+    for name in ("a", "b"):
+        (run,) = list_runs(tmp_path / name, "smoke", "local")
+        assert run.record["status"] == "complete" and run.summary() == {"finished": 2}
+        df = load_rows([run])
+        assert set(df["variant"]) == {"yolo11n", "yolo11n-tssa"} and (df["kind"] == "detection").all()
+        acc = df[df["metric"].isin(ACCURACY_METRICS)]
+        rows[name] = {(r.variant, r.metric): (r.value, r.error) for r in acc.itertuples()}
+    assert rows["a"] == rows["b"] and len(rows["a"]) >= 2 * 10
+    # training artefacts stay under the run, never in the rows' folder of a published run
+    (run,) = list_runs(tmp_path / "a", "smoke", "local")
+    assert list((run.path / "artifacts").glob("*/train/weights/last.pt"))
+
+
+@pytest.mark.parametrize(
+    "section, match",
+    [
+        ({"arms": ["yolo11n-bogus"], "seeds": [0], "data": {"generated": {}}}, "unknown arm 'yolo11n-bogus'"),
+        ({"arms": ["yolo11n"], "seeds": [0, 0], "data": {"generated": {}}}, "seeds must be distinct"),
+        (
+            {"arms": ["yolo11n"], "seeds": [-1], "data": {"generated": {}}},
+            "seeds must be distinct integers >= 0",
+        ),
+        ({"arms": ["yolo11n"], "seeds": [0], "data": {"generated": {}}, "bogus": 1}, "unknown key"),
+    ],
+)
+def test_bad_detection_sections_are_one_clear_line(section, match):
+    with pytest.raises(SuiteError, match=match) as exc:
+        validate_suite({"name": "x", "detection": section}, source="x.yaml")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith("suite x.yaml")
+
+
+def test_a_missing_data_yaml_is_one_line_and_no_rows(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: mine\ndetection:\n  arms: [yolo11n]\n  seeds: [0]\n  data: {yaml: /nonexistent/VOC.yaml}\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "run",
+        "--suite",
+        str(suite),
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    err = [line for line in p.stderr.splitlines() if "error:" in line]
+    assert len(err) == 1 and "/nonexistent/VOC.yaml" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_profile_validates():
+    for name in ("smoke", "cpu", "gpu", "paper"):
+        s = load_suite(name)
+        assert s["name"] == name
+    assert load_suite("cpu")["detection"]["rope"] == 0.005  # declared before any result
