@@ -98,11 +98,11 @@ def _cmd_run(args, ap) -> int:
     return 0
 
 
-def _select(args, ap):
+def _select(args, ap, kind=None):
     from benchmarks.store import load_rows, select_runs
 
     try:
-        runs = select_runs(args.results_dir, args.suite_name, args.runs, args.scope)
+        runs = select_runs(args.results_dir, args.suite_name, args.runs, args.scope, kind=kind)
     except ValueError as exc:
         ap.error(str(exc))
     if not runs:
@@ -115,27 +115,37 @@ def _select(args, ap):
 
 def _cmd_derive(args, ap) -> int:
     from benchmarks.complexity import derive, derived_json, derived_markdown, write_readme_block
+    from benchmarks.store import load_rows, select_runs
 
-    runs, df = _select(args, ap)
+    runs, df = _select(args, ap, kind=None if args.runs else "complexity")
+    det_runs = (
+        runs
+        if args.runs
+        else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="detection")
+    )
+    det_df = df if args.runs else load_rows(det_runs)
     op = (args.suite.get("complexity") or {}).get("operator") or {}
     fit_min = args.fit_min_tokens if args.fit_min_tokens is not None else op.get("fit_min_tokens", 1024)
     try:
         d = derive(df, fit_min_tokens=fit_min, reference=args.reference)
     except ValueError as exc:
         ap.error(str(exc))
-    has_det = not df.empty and (df["kind"] == "detection").any()
+    has_det = not det_df.empty and (det_df["kind"] == "detection").any()
     if not d["configs"] and not d["models"] and not has_det:
         ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free rows to derive from")
     command = f"python -m benchmarks derive --suite {args.suite_name}"
     block = derived_markdown(d, command)
+    if not d["configs"] and not d["models"]:
+        block = ""  # no complexity rows selected: the complexity block stays as it is
     print(block)
-    out = args.results_dir_path / args.suite_name / "derived.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(derived_json(d), indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
-    if args.readme:
+    if block:
+        out = args.results_dir_path / args.suite_name / "derived.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(derived_json(d), indent=1, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    if args.readme and block:
         try:
             write_readme_block(args.readme, f"complexity:{args.suite_name}", block)
         except ValueError as exc:
@@ -145,8 +155,8 @@ def _cmd_derive(args, ap) -> int:
         from benchmarks import detection_study
 
         blocks = []
-        for run in runs:  # one table per run: rows of different machines are never pooled
-            rdf = df[df["run"] == run.id]
+        for run in det_runs:  # one table per run: rows of different machines are never pooled
+            rdf = det_df[det_df["run"] == run.id]
             if (rdf["kind"] == "detection").any():
                 s = detection_study.summary(rdf, run.record["config"]["detection"])
                 title = (f"Detection study, suite {args.suite_name}, run {run.id} ({run.record['machine']['name']}); "

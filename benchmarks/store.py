@@ -508,9 +508,11 @@ def select_runs(
     suite: str | None = None,
     runs: list[str] | None = None,
     scope: str = "all",
+    kind: str | None = None,
 ) -> list[Run]:
     """The runs a reader uses: the named ``runs`` (ids), or by default the latest complete run of
-    each suite and machine (ValueError naming the fix when nothing matches)."""
+    each suite and machine (with ``kind``: the latest that holds rows of that kind). ValueError
+    naming the fix when a named run does not exist."""
     found = list_runs(results_dir, suite, scope)
     if runs:
         by_id = {r.id: r for r in found}
@@ -523,7 +525,7 @@ def select_runs(
     latest: dict[tuple[str, str], Run] = {}
     for r in found:
         rec = r.record
-        if rec["status"] == "complete":
+        if rec["status"] == "complete" and (kind is None or any(x["kind"] == kind for x in r.rows())):
             latest[(rec["suite"], rec["machine"]["id"])] = r
     return sorted(latest.values(), key=lambda r: (r.record["suite"], r.record["machine"]["id"]))
 
