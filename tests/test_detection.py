@@ -18,7 +18,7 @@ from benchmarks.detection import (
     run_detection_cell,
 )
 
-SUITES = Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "detection"
+SUITES = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
 BASE = {
     "arms": ["yolo11n", "yolo11n-tssa"],
     "seeds": [0, 1],

@@ -299,7 +299,7 @@ def test_embedded_suites_load_with_defaults():
         ({"name": "x", "threads": "2"}, r"\.threads: Input should be a valid integer, got '2'"),
         ({"name": "x", "threads": 0}, r"\.threads: Input should be greater than or equal to 1"),
         ({"name": "x", "device": "tpu"}, r"\.device: got 'tpu'; allowed: 'cpu' or 'cuda'"),
-        ({"name": "x", "detection": {}}, "'detection' section is not supported"),
+        ({"name": "x", "classification": {}}, "'classification' section is not supported"),
         ({"name": "x", "complexity": {"operator": {"tokens": [1], "variants": ["tssa:bogus"]}}},
          r"operator\.variants: unknown operator variant 'tssa:bogus'; allowed: tssa:<impl>"),
         ({"name": "x", "complexity": {"operator": {"tokens": [1], "variants": ["sdpa:x"]}}},
