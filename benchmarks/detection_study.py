@@ -158,3 +158,6 @@ def summary_markdown(s: dict[str, Any], title: str) -> str:
             lines.append(f"| {r['claim']} | {r['arm']} | {r['metric']} | {r['n']} | {r['mean_diff']:+.4f} "
                          f"{_ci(r)} | {p_adj} | **{r['verdict']}** |")  # fmt: skip
     return "\n".join(lines)
+
+
+register_metrics()  # readers of detection rows find the study's metrics in the registry
