@@ -42,10 +42,8 @@ Layout::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+
+from benchmarks.data._build import build, cli
 
 __all__ = [
     "ScenesConfig",
@@ -406,48 +406,12 @@ def make_scenes(root: str | os.PathLike, **kwargs) -> Path:
     Raises:
         ValueError: a bad argument, or ``root`` exists and is not a dataset made with these arguments.
     """
-    unknown = set(kwargs) - set(ScenesConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(
-            f"unknown argument(s) {sorted(unknown)}; choose from {list(ScenesConfig.__dataclass_fields__)}"
-        )
-    cfg = ScenesConfig(**kwargs)
-    cfg.check()
-    root = Path(root).expanduser().resolve()
-    data_yaml = root / "data.yaml"
-    if root.exists():
-        if data_yaml.is_file() and data_yaml.read_text() == _yaml_text(root, cfg):
-            return data_yaml
-        raise ValueError(
-            f"{root} exists and is not a scenes dataset made with {asdict(cfg)}; remove it or pass another root"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(tmp, cfg)
-        (tmp / "data.yaml").write_text(_yaml_text(root, cfg))
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return data_yaml
+    return build(root, ScenesConfig, kwargs, _write, _yaml_text, "scenes")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.data.scenes ROOT [--n-train 64 --n-val 32 --imgsz 320 --seed 0 ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.data.scenes", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("root", help="directory to create (its parent is created too)")
-    for name, value in asdict(ScenesConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    root = args.pop("root")
-    try:
-        print(make_scenes(root, **args))
-    except ValueError as e:
-        parser.error(str(e))
-    return 0
+    return cli("python -m benchmarks.data.scenes", __doc__.split("\n")[0], ScenesConfig, make_scenes, argv)
 
 
 if __name__ == "__main__":
