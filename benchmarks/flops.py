@@ -232,24 +232,32 @@ def analytic_counts(variant: str, *, batch: int, tokens: int, dim: int, heads: i
     return {"macs": macs, "elementwise": elem, "flops": 2 * macs + elem}
 
 
-def model_gflops(model: torch.nn.Module, imgsz: int) -> float:
-    """GFLOPs of one forward of an image model on a (1, 3, imgsz, imgsz) input in the project's
-    convention (:func:`count_flops_torch`; TSSA through its reference equations, ``TSSA_IMPL=naive``),
-    under ``no_grad`` in eval mode (restored afterwards)."""
+def count_reference_flops(fn, *args) -> int:
+    """:func:`count_flops_torch` with TSSA through its reference equations (``TSSA_IMPL=naive`` for the
+    call), so that a count does not depend on how a fast path reorganises the same work."""
     import os
 
-    p = next(model.parameters())
-    was_training, before = model.training, os.environ.get("TSSA_IMPL")
-    model.eval()
+    before = os.environ.get("TSSA_IMPL")
     os.environ["TSSA_IMPL"] = "naive"
     try:
-        x = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
-        with torch.no_grad():
-            flops = count_flops_torch(model, x)
+        return count_flops_torch(fn, *args)
     finally:
-        model.train(was_training)
         if before is None:
             del os.environ["TSSA_IMPL"]
         else:
             os.environ["TSSA_IMPL"] = before
+
+
+def model_gflops(model: torch.nn.Module, imgsz: int) -> float:
+    """GFLOPs of one forward of an image model on a (1, 3, imgsz, imgsz) input in the project's
+    convention (:func:`count_reference_flops`), under ``no_grad`` in eval mode (restored afterwards)."""
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            flops = count_reference_flops(model, x)
+    finally:
+        model.train(was_training)
     return flops / 1e9

@@ -106,11 +106,14 @@ def profiler_peak_bytes(step: Callable[[], None]) -> int:
     return int(peak)
 
 
-def count_call(step: Callable[[], None], device: str, timeout_s: float) -> tuple[int, int, float]:
+def count_call(
+    step: Callable[[], None], device: str, timeout_s: float, flops: bool = True
+) -> tuple[int, int | None, float]:
     """The counted call of a cell: (extra peak bytes, FLOPs under ``FlopCounterMode``, seconds).
 
     It doubles as the warm-up and is never a timing sample. On CUDA one plain call runs first (lazy
-    initialisation). A call past ``timeout_s`` raises :class:`CellTimeout`.
+    initialisation). A call past ``timeout_s`` raises :class:`CellTimeout`. With ``flops=False``
+    nothing is counted (FLOPs None): for callers that count FLOPs another way.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,17 +125,19 @@ def count_call(step: Callable[[], None], device: str, timeout_s: float) -> tuple
         with counter:
             step()
 
+    measured = counted if flops else step
+
     with alarm(2 * timeout_s):
         if device.startswith("cuda"):
             step()
             sync(device)
         t0 = time.perf_counter()
-        peak = measure_peak_bytes(counted, device)
+        peak = measure_peak_bytes(measured, device)
         sync(device)
     first = time.perf_counter() - t0
     if first > timeout_s:
         raise CellTimeout(f"timeout: one call took {first:.1f} s, over the time limit of {timeout_s:g} s")
-    return peak, int(counter.get_total_flops()), first
+    return peak, int(counter.get_total_flops()) if flops else None, first
 
 
 @dataclass

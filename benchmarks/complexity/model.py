@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks.cells import Cell
-from benchmarks.flops import count_macs_fvcore
+from benchmarks.flops import count_macs_fvcore, count_reference_flops
 from benchmarks.runner import Context, Group, Outcome, reason
 
 from .measure import MIB, count_call, profiler_peak_bytes, time_interleaved
@@ -102,24 +102,6 @@ def attention_tokens(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
         for h in handles:
             h.remove()
     return seen
-
-
-def reference_flops(step) -> int:
-    """FLOPs of ``step()`` counted with TSSA through its reference equations (``TSSA_IMPL=naive``),
-    so that a model's count does not depend on how a fast path reorganises the same work."""
-    import os
-
-    from benchmarks.flops import count_flops_torch
-
-    before = os.environ.get("TSSA_IMPL")
-    os.environ["TSSA_IMPL"] = "naive"
-    try:
-        return count_flops_torch(step)
-    finally:
-        if before is None:
-            del os.environ["TSSA_IMPL"]
-        else:
-            os.environ["TSSA_IMPL"] = before
 
 
 def _prediction(cell: Cell, history: list[dict[str, Any]], metric: str) -> tuple[float, int] | None:
@@ -218,8 +200,8 @@ def _prepare(cell: Cell, ctx: Context, md: dict, timeout_s: float):
 
     tok = max(tokens) if tokens else None
     extra = {"attn_tokens": tokens, "tokens": tok}
-    peak, _, _ = count_call(step, device, timeout_s)
-    flops = reference_flops(step)
+    peak, _, _ = count_call(step, device, timeout_s, flops=False)
+    flops = count_reference_flops(step)  # TSSA through its reference equations
     n_params = sum(p.numel() for p in model.parameters())
     rows = [
         ctx.row(cell, "params", n_params, **extra),
