@@ -41,7 +41,7 @@ def _progress(done: int, total: int, label: str) -> None:
 def _cmd_run(args, ap) -> int:
     import torch
 
-    from benchmarks.runner import open_run, plan_status, run_groups
+    from benchmarks.runner import plan_status, run_groups
     from benchmarks.store import list_runs, machine
 
     suite = args.suite
@@ -78,7 +78,6 @@ def _cmd_run(args, ap) -> int:
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         return 0
-    del open_run
     if suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     t0 = time.perf_counter()

@@ -74,7 +74,7 @@ class Context:
         args = cell.row_args()
         clash = set(extra) & set(args)
         for k in clash:  # an executor may refine a column (e.g. the tokens a model's attention saw)
-            args[k if k != "pass" else "pass_"] = extra.pop(k)
+            args[k] = extra.pop(k)
         return make_row(
             self.suite_name, cell.kind, cell.id, metric=metric, value=value, error=error, **args, **extra
         )

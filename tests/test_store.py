@@ -368,7 +368,7 @@ complexity:
 EXACT = ("flops_analytic", "macs_analytic", "elementwise_analytic", "flops_torch", "macs_fvcore", "peak_mib")
 
 
-def _run_cli(suite, results, *extra, timeout=300):
+def _run_cli(suite, results, *extra):
     cmd = [
         sys.executable,
         "-m",
