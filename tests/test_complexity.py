@@ -305,6 +305,18 @@ def test_skips_are_predicted_from_stored_rows_so_a_resume_decides_the_same(tmp_p
     assert out[cells[1].id].skipped.startswith("timeout: predicted 164 s per call from N=32")
 
 
+def test_a_sweep_gives_the_process_its_thread_count_back(tmp_path):
+    # the timing groups pin one thread; the groups after them (a detection cell's training) must not inherit it
+    suite = _tiny_suite(tokens=[32], variants=["floor"], passes=["fwd"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_groups("t", suite, cx.plan("t", suite), tmp_path, **QUIET)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cells_over_the_memory_budget_are_skipped_with_the_reason(tmp_path):
     suite = _tiny_suite(tokens=[20000], variants=["softmax"], passes=["fwd"])
     run = run_groups("t", suite, cx.plan("t", suite), tmp_path, **QUIET)

@@ -53,6 +53,21 @@ def alarm(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``torch.set_num_threads(n)`` and restore the previous count afterwards.
+
+    A sweep pins one thread for its timings; what runs after it in the same process (another group,
+    the training of a detection cell) must get the process's own thread count back.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -22,7 +22,7 @@ from benchmarks.cells import Cell
 from benchmarks.flops import count_macs_fvcore, count_reference_flops
 from benchmarks.runner import Context, Group, Outcome, reason
 
-from .measure import MIB, count_call, profiler_peak_bytes, time_interleaved
+from .measure import MIB, count_call, profiler_peak_bytes, time_interleaved, torch_threads
 
 FAMILIES = ("yolo", "timm")
 
@@ -119,12 +119,17 @@ def _prediction(cell: Cell, history: list[dict[str, Any]], metric: str) -> tuple
 
 
 def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+    """Measure one image size's models on the cells' thread count; the process's own count is restored afterwards."""
+    with torch_threads(cells[0]["threads"]):
+        return _execute(cells, ctx)
+
+
+def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
     """Measure one image size's models: counted call, fvcore, profiler, then interleaved timing."""
     suite = ctx.suite
     md = suite["complexity"]["model"]
     timeout_s, budget = suite["timeout_s"], suite["memory_budget_gib"] * 2**30
     device, threads = cells[0]["device"], cells[0]["threads"]
-    torch.set_num_threads(threads)
     history = ctx.history()
     out: dict[str, Outcome] = {}
     steps, static = {}, {}

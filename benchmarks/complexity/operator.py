@@ -31,7 +31,7 @@ from benchmarks.cells import Cell
 from benchmarks.flops import analytic_counts, count_macs_fvcore
 from benchmarks.runner import Context, Group, Outcome, reason
 
-from .measure import MIB, count_call, profiler_peak_bytes, time_interleaved
+from .measure import MIB, count_call, profiler_peak_bytes, time_interleaved, torch_threads
 
 CORE = ("tssa", "softmax", "sdpa")
 LAYER = ("layer:tssa", "layer:sdpa", "layer:softmax")
@@ -219,6 +219,12 @@ def predicted_seconds(cell: Cell, history: list[dict[str, Any]]) -> tuple[float,
 
 
 def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+    """Measure one (tokens, pass, threads) group on the cells' thread count; the process's own count is restored afterwards."""
+    with torch_threads(cells[0]["threads"]):
+        return _execute(cells, ctx)
+
+
+def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
     """Measure the cells of one (tokens, pass, threads) group: counts, memory, then interleaved time."""
     suite = ctx.suite
     op = suite["complexity"]["operator"]
@@ -226,7 +232,6 @@ def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
     seed = suite["seed"]
     threads = cells[0]["threads"]
     device = cells[0]["device"]
-    torch.set_num_threads(threads)
     history = ctx.history()
     out: dict[str, Outcome] = {}
     steps, static = {}, {}
