@@ -30,6 +30,7 @@ import re
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -494,13 +495,18 @@ def _latency(model, imgsz: int, device: str, rounds: int, min_run_time: float) -
 
 
 def run_detection_cell(
-    params: dict[str, Any], workdir: Path, *, data_dir: Path | None = None
+    params: dict[str, Any],
+    workdir: Path,
+    *,
+    data_dir: Path | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, float]:
     """Train and evaluate one cell of :func:`detection_cells`; returns ``{metric: value}`` (see :data:`DETECTION_METRICS`).
 
     Training artefacts (weights, ``results.csv``, ``predictions.json``) go under ``workdir``
     (``train/`` and ``val/``, replaced when present). Generated data are cached under ``data_dir``
-    (default ``workdir / "data"``). The same params on the same machine give identical accuracy
+    (default ``workdir / "data"``). ``on_epoch(epoch, epochs, seconds)`` is called after every training
+    epoch (1-based epoch, that epoch's wall time). The same params on the same machine give identical accuracy
     metrics (:data:`ACCURACY_METRICS`).
     """
     from tssa.offline import TRAIN_DEFAULTS, configure_offline
@@ -534,6 +540,8 @@ def run_detection_cell(
 
     def epoch_end(trainer):
         epoch_times.append(time.perf_counter() - peak.pop("t0"))
+        if on_epoch is not None:
+            on_epoch(len(epoch_times), params["epochs"], epoch_times[-1])
 
     def batch_start(trainer):
         if "bytes" in peak or "tracker" in peak:

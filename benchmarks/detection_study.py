@@ -43,7 +43,10 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
     register_metrics()
     section = parse_detection(suite["detection"])
     groups = []
-    for p in detection_cells(section):
+    params = detection_cells(section)
+    epochs_total = sum(p["epochs"] for p in params)
+    epochs_before = 0
+    for i, p in enumerate(params):
         settings = {k: p[k] for k in ("data", "train", "eval", "latency", "occlusion_levels")}
         cell = Cell.make(
             KIND,
@@ -51,11 +54,27 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
              "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]},
             settings,
         )  # fmt: skip
-        groups.append(Group([cell], _executor(p), label=f"{p['arm']} seed {p['seed']}"))
+        where = (i + 1, len(params), epochs_before, epochs_total)
+        groups.append(Group([cell], _executor(p, where), label=f"{p['arm']} seed {p['seed']}"))
+        epochs_before += p["epochs"]
     return groups
 
 
-def _executor(params: dict[str, Any]):
+def progress_line(
+    cell: int, cells: int, epoch: int, epochs: int, done: int, total: int, width: int = 24
+) -> str:
+    """One line of the study's progress bar: training epochs done over all cells, and where in the cell.
+
+    >>> progress_line(2, 9, 4, 16, 20, 144, width=10)
+    '[#---------] 14% cell 2/9 epoch 4/16'
+    """
+    filled = round(width * done / total) if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {100 * done / total:.0f}% cell {cell}/{cells} epoch {epoch}/{epochs}"
+
+
+def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
+    index, cells_total, epochs_before, epochs_total = where
+
     def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
         from benchmarks.detection import run_detection_cell
 
@@ -63,8 +82,13 @@ def _executor(params: dict[str, Any]):
         workdir = ctx.run.artifacts(cell.hash)
         data_dir = ctx.run.artifacts("data")
         ctx.log(f"  training {cell['variant']} seed {cell['seed']} ({cell['epochs']} epochs) in {workdir}")
+
+        def on_epoch(epoch: int, epochs: int, seconds: float) -> None:
+            bar = progress_line(index, cells_total, epoch, epochs, epochs_before + epoch, epochs_total)
+            ctx.log(f"{bar} ({cell['variant']} seed {cell['seed']}, {seconds:.1f} s/epoch)")
+
         try:
-            values = run_detection_cell(params, workdir, data_dir=data_dir)
+            values = run_detection_cell(params, workdir, data_dir=data_dir, on_epoch=on_epoch)
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}
         rows = []

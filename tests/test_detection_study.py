@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,7 +21,15 @@ def _run(results, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_detection_end_to_end_reproduces_every_accuracy_number(tmp_path):
+def _started_cells(results) -> int:
+    logs = list((results / "local" / "smoke").glob("*/log.jsonl"))
+    if not logs:
+        return 0
+    lines = logs[0].read_text().splitlines()
+    return sum(line.endswith("}") and json.loads(line).get("event") == "started" for line in lines)
+
+
+def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_accuracy_number(tmp_path):
     from benchmarks.detection import ACCURACY_METRICS
 
     a = _run(tmp_path / "a")
@@ -26,20 +38,44 @@ def test_smoke_detection_end_to_end_reproduces_every_accuracy_number(tmp_path):
         "Verdicts (ROPE ±0.005 AP" in a.stdout
         and "| TSSA improves small objects | yolo11n-tssa |" in a.stdout
     )
+    # the progress bar names the cell and its epoch
+    assert "] 50% cell 1/2 epoch 2/2 (yolo11n seed 0," in a.stdout
+    assert "] 100% cell 2/2 epoch 2/2 (yolo11n-tssa seed 0," in a.stdout
+    # run b is killed while its second cell trains, then the same command resumes it
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--suite", "smoke", "--part", "detection",
+           "--results-dir", str(tmp_path / "b")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _started_cells(tmp_path / "b") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = list_runs(tmp_path / "b", "smoke", "local")
+    assert killed.record["status"] == "running"
+    assert sorted(st.event for st in killed.status().values()) == ["finished", "started"]
     b = _run(tmp_path / "b")
     assert b.returncode == 0, b.stderr[-2000:]
+    assert "marked failed (started and never finished)" in b.stdout
     rows = {}
     for name in ("a", "b"):
         (run,) = list_runs(tmp_path / name, "smoke", "local")
         assert run.record["status"] == "complete" and run.summary() == {"finished": 2}
         df = load_rows([run])
         assert set(df["variant"]) == {"yolo11n", "yolo11n-tssa"} and (df["kind"] == "detection").all()
+        assert not df.duplicated(["cell", "metric"]).any()  # the killed attempt left no rows
         acc = df[df["metric"].isin(ACCURACY_METRICS)]
         rows[name] = {(r.variant, r.metric): (r.value, r.error) for r in acc.itertuples()}
     assert rows["a"] == rows["b"] and len(rows["a"]) >= 2 * 10
     # training artefacts stay under the run, never in the rows' folder of a published run
     (run,) = list_runs(tmp_path / "a", "smoke", "local")
     assert list((run.path / "artifacts").glob("*/train/weights/last.pt"))
+
+
+def test_the_progress_bar_counts_epochs_over_all_cells():
+    from benchmarks.detection_study import progress_line
+
+    assert progress_line(2, 9, 4, 16, 20, 144, width=10) == "[#---------] 14% cell 2/9 epoch 4/16"
+    assert progress_line(9, 9, 16, 16, 144, 144, width=4) == "[####] 100% cell 9/9 epoch 16/16"
 
 
 @pytest.mark.parametrize(
