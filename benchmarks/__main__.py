@@ -38,6 +38,19 @@ def _progress(done: int, total: int, label: str) -> None:
     print(f"[{done}/{total} cells] {label}", flush=True)
 
 
+def _estimate_line(args, groups, states: dict) -> str:
+    """The dry run's time estimate from cells measured before on this machine (any run of the suite)."""
+    from benchmarks.estimate import cell_durations, describe_estimate, estimate_seconds
+    from benchmarks.store import list_runs, machine
+
+    here = machine()["id"]
+    runs = [
+        r for r in list_runs(args.results_dir, args.suite_name, "all") if r.record["machine"]["id"] == here
+    ]
+    todo = [[c for c in g.cells if states.get(c.id) == "todo"] for g in groups]
+    return describe_estimate(estimate_seconds(todo, cell_durations(runs)))
+
+
 def _cmd_run(args, ap) -> int:
     import torch
 
@@ -77,6 +90,7 @@ def _cmd_run(args, ap) -> int:
         todo = sum(s == "todo" for _, s in states)
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
+        print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
         return 0
     if suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")

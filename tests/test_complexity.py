@@ -405,9 +405,17 @@ def test_cli_runs_derives_and_writes_the_readme_block(tmp_path, capsys):
     path.write_text(yaml.safe_dump(suite))
     res = tmp_path / "res"
     assert main(["run", "--suite", str(path), "--results-dir", str(res), "--dry-run"]) == 0
-    assert "10 cells, 10 to execute; this command starts a new run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "10 cells, 10 to execute; this command starts a new run" in out
+    assert "estimated time: unknown (no cell of the" in out
     assert not res.exists()  # a dry run writes nothing
     assert main(["run", "--suite", str(path), "--results-dir", str(res)]) == 0
+    capsys.readouterr()
+    # a new dry run (a complete run is never resumed) estimates its time from the cells just measured
+    assert main(["run", "--suite", str(path), "--results-dir", str(res), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "10 cells, 10 to execute" in out and "estimated time: about " in out, out[-500:]
+    assert "groups without a measured history" not in out
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- complexity:t:begin -->\nold\n<!-- complexity:t:end -->\nb\n")
     capsys.readouterr()
