@@ -123,3 +123,16 @@ def test_every_profile_validates():
         s = load_suite(name)
         assert s["name"] == name
     assert load_suite("cpu")["detection"]["rope"] == 0.005  # declared before any result
+
+
+def test_the_console_script_is_the_same_command_line(tmp_path):
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "tssa-bench"
+    if not script.exists():
+        pytest.skip("the package is not installed in this interpreter's environment (tox installs it)")
+    p = subprocess.run([str(script), "run", "--suite", "smoke", "--dry-run", "--results-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-1000:]
+    assert "todo      detection/variant=yolo11n-tssa/pass=train/seed=0" in p.stdout
+    assert "this command starts a new run" in p.stdout and not any(tmp_path.iterdir())
