@@ -1,8 +1,9 @@
 """Operator speed checks (``tox -e perf``): ratios measured in one process, never absolute times.
 
 Core checks (what ``impl="auto"`` runs: ``stream`` on CPU, ``triton`` on CUDA), each against
-references timed in the same process, interleaved, single-threaded (``_timing.py``: fastest of
-ROUNDS blocks per callable, CPU time of this thread):
+references timed in the same process, interleaved, single-threaded (``_timing.py``: per round, every
+callable's block of calls timed in turn by this thread's CPU time and divided by the reference's
+block of the same round; the check reads the median of the per-round ratios):
 
 - forward and forward+backward of the core at (B, H, N, D) = (1, 8, 4096, 48) over a
   read-and-write pass over ``w`` (the bandwidth floor of a bandwidth-bound core) and over the
@@ -14,23 +15,35 @@ Exact gates (FLOPs, peak bytes): ``test_operator_exact.py``; instruction counts 
 ``test_operator_instructions.py``. ``_plant.py`` plants regressions on purpose
 (``TSSA_PERF_PLANT=double|slow25|nxn``); ``scripts/perf_gate_record.py`` runs the record below.
 
-RECORD (this machine: 2 shared cores; others' jobs may have run outside /tmp/train.lock on the other
-core, the noisy condition these checks must survive). Calibration under the lock,
-``scripts/perf_gate_record.py --plant P --runs K`` (K repetitions in one process), selection
-``-k "not instructions"``: clean K=4, 0 runs failing; slow25 K=4, 4 caught; double K=1, caught;
-nxn K=1, caught. Measured ratios (clean / slow25 / double), limits chosen from them:
+What catches what. Wall-time ratios on this machine drift by about +-20 % between sessions (the
+clean forward core/floor ratio measured 9.95-11.7 in one half hour, 12.5-17.7 in others), which is as
+large as a 25 % regression; a fixed wall-time limit therefore catches the doubled core and the N x N
+matrix but cannot promise the 25 % slowdown. Instruction counts do not drift (clean runs within
+0.07 %), so the callgrind check is the one that catches the 25 % slowdown every time; the timing
+checks are limited so as never to raise a false alarm.
 
-- forward core/floor 13.9-17.7 / 16.0-20.0 / 30.8 (limit 22: catches double, not 25 %);
-- forward core/naive 0.46-0.61 / 0.53-0.90 / 1.05 (limit 0.85);
-- fwd+bwd core/floor 47.5-50.2 / 56.8-62.3 / 75.8 (limit 55);
-- fwd+bwd core/naive 0.445-0.496 / 0.549-0.594 / 0.739 (limit 0.535);
-- linearity time(16384)/time(1024) 17.5-18.4 clean (bounds 6-48; quadratic 256);
-- layer/projections 1.50-1.54 clean (limit 1.8); stream/lean layer forward 1.13-1.23 (limit 1.4).
+RECORD (this machine: Intel Xeon, 2 cores shared with other jobs, which may have run outside
+``/tmp/train.lock`` on the other core during any of these runs: the noisy condition the checks must
+survive). Every run under ``flock /tmp/train.lock``, ``scripts/perf_gate_record.py --plant P --runs K``.
+Calibration (runs of the timing checks before the limits were set; clean / slow25 / double / nxn):
 
-Exact gates: FLOPs fail under every plant (all runs); peak bytes fail under double and nxn, and
-forward under slow25. Callgrind (one clean run): forward 60,639,749 vs committed 60,604,121 (+0.06 %),
-fwd+bwd 312,221,765 vs 312,210,057 (tolerance 1.5 %). NOT YET DONE: the 20 clean + 20 planted runs
-of each kind, and the fwd+bwd limits 55 / 0.535 are proven on 4 + 4 runs only.
+- forward core/floor: clean 9.95-17.7 (34 runs over three sessions); double 26.2-31.6 (5);
+  nxn 97.9-105.6 (4). Limit 21.5.
+- forward core/naive: clean 0.37-0.71; double 1.05-1.22; nxn 2.8-4.9. Limit 0.86.
+- fwd+bwd core/floor: clean 36.4-50.2; double 75.8-92.8; nxn 137.7-139.5. Limit 62.
+- fwd+bwd core/naive: clean 0.39-0.54; slow25 0.51-0.68 (overlaps clean: not a slow25 gate);
+  double 0.739-0.97; nxn 1.18-1.43. Limit 0.63.
+- linearity time(16384)/time(1024): clean 14.5-20.2, double 15.4-18.1, nxn 190.7-230.3. Bounds 6-48.
+- layer/projections: clean 1.43-1.59, double 1.86-1.99, nxn 4.7-4.9. Limit 1.8.
+  stream/lean (layer forward): clean 1.05-1.20. Limit 1.4.
+- instructions (callgrind, ``test_operator_instructions.py``), 4 clean runs: forward 60,625,989-
+  60,645,999 and fwd+bwd 312,136,579-312,319,731 against the committed 60,604,121 / 312,210,057
+  (largest deviation 0.07 %; tolerance 1 %); slow25 +43 % / +42 %, double +100 % / +100 %,
+  nxn x14 / x3.5: each caught.
+- FLOPs and peak bytes (``test_operator_exact.py``) are exact: double and nxn change them (caught every
+  run); the slow25 plant spins and adds neither, by construction.
+
+PROOF (20 runs of each kind): pending.
 """
 
 from __future__ import annotations
@@ -54,7 +67,8 @@ SLACK = {"naive": 1.1, "lean": 1.4}  # lean: stream/lean measured 1.13-1.27 (lay
 # Core checks: the largest ratio each may measure (see the record in the module docstring).
 CORE_SHAPE = {"cpu": (1, 8, 4096, 48), "cuda": (8, 8, 16384, 48)}  # (B, H, N, D)
 CORE_LIMITS = {
-    "cpu": {"forward": {"floor": 22.0, "naive": 0.85}, "forward_backward": {"floor": 55.0, "naive": 0.535}},
+    # about the geometric mean of the largest clean and the smallest doubled ratio (see the RECORD)
+    "cpu": {"forward": {"floor": 21.5, "naive": 0.86}, "forward_backward": {"floor": 62.0, "naive": 0.63}},
     # CUDA: not measured yet (no device here); generous placeholders that a doubled core exceeds
     "cuda": {"forward": {"floor": 12.0, "naive": 0.6}, "forward_backward": {"floor": 40.0, "naive": 0.6}},
 }
@@ -111,7 +125,7 @@ def _core_callables(shape, device, backward: bool) -> dict:
 def test_core_speed_over_floor_and_reference(benchmark, record_property, device, pass_):
     shape = CORE_SHAPE[device]
     fns = _core_callables(shape, device, backward=pass_ == "forward_backward")
-    ratios = interleaved_ratios(fns, "floor", rounds=15, block_s=0.02, device=device)
+    ratios = interleaved_ratios(fns, "floor", rounds=25, block_s=0.02, device=device)
     ratios["naive"] = ratios["core"] / ratios.pop("naive")  # core over the reference path
     ratios["floor"] = ratios.pop("core")  # core over the bandwidth floor
     for k, v in ratios.items():
