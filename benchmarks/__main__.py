@@ -1,6 +1,7 @@
 """Command line of the harness.
 
     python -m benchmarks run --suite cpu [--results-dir DIR] [--retry-failed] [--dry-run]
+                             [--executor local|submitit [--partition P] [--account A] [--wait]]
     python -m benchmarks derive --suite cpu [--runs ID ...] [--scope all|published|local] [--readme README.md]
     python -m benchmarks runs [--suite cpu]          # every run: id, machine, status, cells
     python -m benchmarks publish --suite cpu [--run ID]   # copy a complete local run into results/<suite>/
@@ -55,8 +56,13 @@ def _cmd_run(args, ap) -> int:
     import torch
 
     from benchmarks.runner import plan_status, run_groups
+    from benchmarks.scaleout import ScaleOutError, executor_from_args
     from benchmarks.store import list_runs, machine
 
+    try:  # where cells run is not part of the run's identity: the run sees the suite without it
+        args.suite, executor = executor_from_args(args.suite, args)
+    except ScaleOutError as exc:
+        ap.error(str(exc))
     suite = args.suite
     cx = suite.get("complexity") or {}
     if args.part == "detection" and suite.get("detection") is None:
@@ -91,7 +97,18 @@ def _cmd_run(args, ap) -> int:
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
+        if executor["kind"] == "submitit":
+            from benchmarks.scaleout import describe_submission
+
+            print(describe_submission(executor, run, groups, args.retry_failed, args.suite_name))
         return 0
+    if executor["kind"] == "submitit":
+        from benchmarks.scaleout import submit_from_cli
+
+        try:
+            return submit_from_cli(args, groups, executor)
+        except ScaleOutError as exc:
+            ap.error(str(exc))
     if suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     t0 = time.perf_counter()
@@ -231,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"
     )
+    r.add_argument(
+        "--executor", choices=["local", "submitit"], default=None,
+        help="local: in this process (default); submitit: one array job over the groups (suite section executor:)",
+    )  # fmt: skip
+    r.add_argument("--partition", default=None, help="SLURM partition (overrides executor.partition)")
+    r.add_argument("--account", default=None, help="SLURM account (overrides executor.account)")
+    r.add_argument("--wait", action="store_true", help="with submitit: wait for the jobs and close the run")
     d = sub.add_parser("derive", parents=[common], help="slopes, crossovers and ratios from selected runs")
     d.add_argument("--runs", nargs="+", default=None, help="run ids (default: latest complete per machine)")
     d.add_argument("--scope", choices=["all", "published", "local"], default="all")

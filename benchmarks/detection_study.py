@@ -4,7 +4,8 @@ Each (arm, seed) of a suite's ``detection:`` section (:mod:`benchmarks.detection
 kind ``detection``, executed alone by :func:`benchmarks.detection.run_detection_cell` (Ultralytics'
 own ``train`` and ``val``, pycocotools on ``predictions.json``). Training artefacts go to the run's
 ``artifacts/<cell hash>/`` (never published); generated data are made once per run under
-``artifacts/data``. Every returned metric becomes a row (unit from the registry); a metric that
+``artifacts/data``. A cell that a requeued cluster job executes again (:attr:`Context.resume`)
+continues training from its own ``last.pt`` there. Every returned metric becomes a row (unit from the registry); a metric that
 has no value (a stratum without ground truth) becomes a row with an ``error`` saying so.
 
 :func:`summary` turns the rows of selected runs into the study's tables: per arm and metric the
@@ -88,7 +89,9 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
             ctx.log(f"{bar} ({cell['variant']} seed {cell['seed']}, {seconds:.1f} s/epoch)")
 
         try:
-            values = run_detection_cell(params, workdir, data_dir=data_dir, on_epoch=on_epoch)
+            values = run_detection_cell(
+                params, workdir, data_dir=data_dir, on_epoch=on_epoch, resume=cell.id in ctx.resume
+            )
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}
         rows = []
