@@ -187,11 +187,9 @@ def _cmd_derive(args, ap) -> int:
         blocks = []
         for run in det_runs:  # one table per run: rows of different machines are never pooled
             rdf = det_df[det_df["run"] == run.id]
-            if (rdf["kind"] == "detection").any():
-                s = detection_study.summary(rdf, run.record["config"]["detection"])
-                title = (f"Detection study, suite {args.suite_name}, run {run.id} ({run.record['machine']['name']}); "
-                         f"mean ± sd (n seeds)")  # fmt: skip
-                blocks.append(detection_study.summary_markdown(s, title))
+            if (rdf["kind"] == "detection").any():  # every machine named; timings never pooled across devices
+                title = f"Detection study, suite {args.suite_name}, run {run.id}"
+                blocks += detection_study.run_blocks(rdf, run.record["config"]["detection"], title)
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
         if args.readme:

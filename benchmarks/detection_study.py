@@ -131,6 +131,41 @@ def summary(df, section: dict[str, Any]) -> dict[str, Any]:
     return {"describe": desc, "diffs": diffs, "verdicts": ver, "reference": sec.reference, "rope": sec.rope}
 
 
+def run_blocks(rdf, section: dict[str, Any], title: str) -> list[str]:
+    """Markdown blocks of one run's detection rows, every machine named.
+
+    Rows of one device: one summary (:func:`summary`). Rows of several devices (a cluster sweep
+    over nodes with different GPUs): one summary of the device-independent metrics (accuracy,
+    counts) over every node, then per device a table of the device-bound metrics (times, memory:
+    :func:`benchmarks.metrics.device_bound`) of that device's rows only; they are never pooled.
+    """
+    import pandas as pd
+
+    from benchmarks import stats
+
+    rdf = rdf[rdf["kind"] == KIND]
+    if "prov.device_name" not in rdf.columns:
+        rdf = rdf.assign(**{"prov.device_name": None})
+    keys = ["machine", "machine_name", "prov.device_name"]
+    nodes = rdf[keys].drop_duplicates().fillna("?").values.tolist()
+    if len(nodes) <= 1:
+        where = f" ({nodes[0][1]})" if nodes else ""
+        return [summary_markdown(summary(rdf, section), f"{title}{where}; mean ± sd (n seeds)")]
+    bound = rdf["metric"].map(_metrics.device_bound)
+    named = "; ".join(f"{n} [{m}], {d}" for m, n, d in nodes)
+    blocks = [summary_markdown(summary(rdf[~bound], section),
+                               f"{title}, rows of {len(nodes)} machines ({named}); device-independent metrics, "
+                               "mean ± sd (n seeds)")]  # fmt: skip
+    ok = rdf[bound & rdf["error"].isna()].rename(columns={"variant": "arm"})
+    for (m, n, d), g in ok.fillna({"prov.device_name": "?"}).groupby(keys, sort=True):
+        s = {"describe": stats.describe(g[["arm", "seed", "metric", "value"]]), "diffs": pd.DataFrame(),
+             "verdicts": pd.DataFrame(), "reference": section.get("reference"), "rope": section.get("rope")}  # fmt: skip
+        blocks.append(
+            summary_markdown(s, f"{title}: times and memory on {d} ({n} [{m}]) only; mean ± sd (n seeds)")
+        )
+    return blocks
+
+
 SUMMARY_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap_occ_none", "ap_occ_partial",
                    "ap_occ_heavy", "ul_map50_95", "params", "gflops", "latency_ms", "train_time_s", "train_peak_mib")  # fmt: skip
 

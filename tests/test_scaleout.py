@@ -245,3 +245,70 @@ def test_submitting_to_slurm_without_slurm_is_one_clear_line(tmp_path, monkeypat
     cfg = validate_suite({"name": "x", "executor": {"kind": "submitit"}})["executor"]
     with pytest.raises(scaleout.ScaleOutError, match="sbatch"):
         scaleout.make_executor(cfg, tmp_path, "x")
+
+
+# -------------------------------------------------------------------------------------------- merging
+def _node_rows(suite, machine_id, device, seed, latency):
+    node = {"machine": machine_id, "machine_name": f"node {machine_id}", "device_name": device}
+    from benchmarks.store import make_row
+
+    out = []
+    for arm, ap in (("yolo11n", 0.30), ("yolo11n-tssa", 0.32)):
+        cell = f"detection/variant={arm}/seed={seed}"
+        accuracy = (
+            "map50_95",
+            "ap_small",
+            "ap_medium",
+            "ap_large",
+            "ap_occ_none",
+            "ap_occ_partial",
+            "ap_occ_heavy",
+        )
+        rows = [make_row(suite, "detection", cell, arm, metric=m, value=ap + seed / 100, seed=seed, **node)
+                for m in accuracy]  # fmt: skip
+        rows.append(
+            make_row(suite, "detection", cell, arm, metric="latency_ms", value=latency, seed=seed, **node)
+        )
+        out.append((cell, rows))
+    return out
+
+
+def test_rows_of_several_machines_merge_with_each_named_and_timings_never_pooled(tmp_path):
+    from benchmarks import detection_study  # noqa: F401  (registers the detection metrics)
+    from benchmarks.detection_study import run_blocks
+    from benchmarks.suites import load_suite
+
+    det = load_suite("smoke")["detection"]
+    run = Run.create(tmp_path, "merge", {"name": "merge", "detection": det})
+    for cell, rows in _node_rows("merge", "aaaa", "GPU-A", 0, 10.0) + _node_rows(
+        "merge", "bbbb", "GPU-B", 1, 30.0
+    ):
+        run.finish_cell(cell, run.start_cell(cell), rows)
+    df = load_rows([run])
+    assert set(df["machine"]) == {"aaaa", "bbbb"} and set(df["prov.device_name"]) == {"GPU-A", "GPU-B"}
+    blocks = run_blocks(df, det, "Detection study, run r")
+    assert len(blocks) == 3  # accuracy over both nodes, then the timings of each device on its own
+    assert "node aaaa [aaaa], GPU-A" in blocks[0] and "node bbbb [bbbb], GPU-B" in blocks[0]
+    assert "latency" not in blocks[0]  # no timing in the pooled table
+    assert "0.3050 ± " in blocks[0] and "(2)" in blocks[0]  # yolo11n mAP over the two seeds of two nodes
+    assert "GPU-A" in blocks[1] and "10.00" in blocks[1] and "30.00" not in blocks[1]
+    assert "GPU-B" in blocks[2] and "30.00" in blocks[2] and "20.00" not in "".join(blocks)  # never the mean
+
+
+def test_complexity_rows_of_two_nodes_derive_separately(tmp_path):
+    from benchmarks.complexity import derive
+    from benchmarks.store import make_row
+
+    run = Run.create(tmp_path, "cx", {"name": "cx"})
+    for mid, scale in (("aaaa", 1.0), ("bbbb", 3.0)):
+        for n in (64, 128, 256):
+            for v in ("sdpa", "tssa:stream"):
+                cell = f"complexity/{v}/{n}/{mid}"
+                extra = {"machine": mid, "machine_name": f"node {mid}", "device_name": f"dev {mid}"}
+                common = dict(tokens=n, pass_="fwd", level="operator", device="cuda", dtype="float32", batch=1,
+                              dim=16, heads=2, threads=1, samples=3, **extra)  # fmt: skip
+                t = scale * (n**2 if v == "sdpa" else 40 * n) / 1e3
+                run.finish_cell(cell, run.start_cell(cell), [make_row("cx", "complexity", cell, v, metric="latency_ms",
+                                                                      value=t, **common)])  # fmt: skip
+    d = derive(load_rows([run]), fit_min_tokens=64)
+    assert sorted(c["config"]["machine"] for c in d["configs"]) == ["aaaa", "bbbb"]
