@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import re
 import shutil
 import statistics
@@ -585,6 +585,8 @@ def run_detection_cell(
 
     def epoch_end(trainer):
         epoch_times.append(time.perf_counter() - peak.pop("t0"))
+        if int(os.environ.get("RANK", -1)) not in (-1, 0):  # under DDP the callbacks run in every rank
+            return
         times_file.write_text(json.dumps(epoch_times))
         if on_epoch is not None:
             on_epoch(trainer.epoch + 1, params["epochs"], epoch_times[-1])
@@ -645,7 +647,9 @@ def run_detection_cell(
     try:
         if not finished:
             model.train(**args)
-        if not epoch_times:  # DDP trains in child processes (no callbacks here): Ultralytics' own log
+        if times_file.is_file():  # every epoch's time, written by this process or (DDP) by rank 0
+            epoch_times[:] = json.loads(times_file.read_text())
+        elif not epoch_times:  # no callback ran here: Ultralytics' own log
             epoch_times[:] = _epoch_times_from_csv(workdir / "train" / "results.csv")
         weights = workdir / "train" / "weights" / "best.pt"
         if not weights.is_file():
@@ -692,7 +696,8 @@ def run_detection_cell(
         )
         out["latency_samples"] = float(n)
         out["train_time_s"] = float(sum(epoch_times))
-        out["train_peak_mib"] = float(peak.get("bytes", math.nan)) / 2**20
+        if "bytes" in peak:  # not measured here when DDP trained in child processes
+            out["train_peak_mib"] = float(peak["bytes"]) / 2**20
     finally:
         if "tracker" in peak and peak["tracker"] is not None:
             peak.pop("tracker").__exit__(None, None, None)
