@@ -67,7 +67,7 @@ def job_gone(job: str, host: str | None = None) -> bool:
     if kind == "slurm":
         from submitit.slurm.slurm import SlurmJob
 
-        state = SlurmJob(folder=Path(os.devnull).parent, job_id=jid).watcher.get_state(jid, mode="force")
+        state = SlurmJob.watcher.get_state(jid, mode="force")
         return state.upper().split()[0] not in _ALIVE
     if kind == "local" and jid.isdigit():
         if host is not None and host != socket.gethostname():
@@ -178,16 +178,21 @@ class SweepWorker:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def make_executor(cfg: dict[str, Any], folder: str | os.PathLike, name: str):
-    """A submitit executor for an ``executor:`` section: SLURM (``cluster: slurm``) or local
-    subprocesses (``cluster: local``), one task per node, the section's resources."""
-    import submitit
-
+def check_cluster(cfg: dict[str, Any]) -> None:
+    """ScaleOutError (one line) when the section's cluster cannot be reached from here."""
     if cfg["cluster"] == "slurm" and shutil.which("sbatch") is None:
         raise ScaleOutError(
             "executor submitit with cluster slurm needs SLURM's sbatch on this machine's PATH; run on the "
             "cluster's login node, or use --executor local"
         )
+
+
+def make_executor(cfg: dict[str, Any], folder: str | os.PathLike, name: str):
+    """A submitit executor for an ``executor:`` section: SLURM (``cluster: slurm``) or local
+    subprocesses (``cluster: local``), one task per node, the section's resources."""
+    import submitit
+
+    check_cluster(cfg)
     ex = submitit.AutoExecutor(folder=folder, cluster=cfg["cluster"])
     params: dict[str, Any] = {
         "name": name,
@@ -240,6 +245,7 @@ def submit(
     With ``wait``, waits for every job, records the cells its workers left ``started`` as failed
     (they are gone) and marks the run complete when every cell has ended.
     """
+    check_cluster(cfg)  # before the run is opened: nothing is written when the cluster is not there
     run, resumed = open_run(suite_name, suite, results_dir, retry_failed, device)
     for c in run.reap():
         log(f"  {c}: marked failed (its worker ended without finishing it)")

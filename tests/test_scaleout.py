@@ -312,3 +312,56 @@ def test_complexity_rows_of_two_nodes_derive_separately(tmp_path):
                                                                       value=t, **common)])  # fmt: skip
     d = derive(load_rows([run]), fit_min_tokens=64)
     assert sorted(c["config"]["machine"] for c in d["configs"]) == ["aaaa", "bbbb"]
+
+
+def test_a_slurm_jobs_liveness_comes_from_sacct_through_submitit(tmp_path, monkeypatch):
+    sacct = tmp_path / "sacct"  # stands in for SLURM's accounting command, in its --parsable2 format
+    sacct.write_text("#!/bin/sh\nprintf 'JobID|State|NodeList\\n77_1|COMPLETED|n1\\n77_2|RUNNING|n2\\n"
+                     "77_3|NODE_FAIL|n3\\n'\n")  # fmt: skip
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert scaleout.job_gone("slurm:77_1") is True
+    assert scaleout.job_gone("slurm:77_2") is False
+    assert scaleout.job_gone("slurm:77_3") is True
+    assert scaleout.job_gone("slurm:77_9") is False  # sacct does not know it (yet): counted alive
+
+
+TINY_YAML = """name: scaletiny
+complexity:
+  operator: {tokens: [16], dim: 16, heads: 2, passes: [fwd], variants: [sdpa, floor], rounds: 1,
+             min_run_time: 0.01, profile_max_tokens: 0, fit_min_tokens: 16}
+executor: {kind: submitit, cluster: CLUSTER, timeout_min: 10}
+"""
+
+
+def _cli(*args, env=None):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "benchmarks", "run", *args], capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+
+
+def test_the_command_line_submits_through_submitit_and_closes_the_run(tmp_path):
+    suite = tmp_path / "scaletiny.yaml"
+    suite.write_text(TINY_YAML.replace("CLUSTER", "local"))
+    dry = _cli("--suite", str(suite), "--results-dir", str(tmp_path / "r"), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "executor submitit: one array job 'tssa-scaletiny' of 1 tasks" in dry.stdout
+    p = _cli("--suite", str(suite), "--results-dir", str(tmp_path / "r"), "--wait")
+    assert p.returncode == 0, p.stderr
+    assert "submitted 1 array tasks" in p.stdout
+    (run,) = [Run(x.parent) for x in (tmp_path / "r" / "local" / "scaletiny").glob("*/run.json")]
+    assert run.record["status"] == "complete" and "executor" not in run.record["config"]
+    assert {r["variant"] for r in run.rows()} == {"sdpa", "floor"}
+    assert {r["machine"] for r in run.rows()} == {run.record["machine"]["id"]}  # each row names its node
+
+
+def test_the_command_line_without_slurm_is_one_line_and_writes_nothing(tmp_path):
+    suite = tmp_path / "scaletiny.yaml"
+    suite.write_text(TINY_YAML.replace("CLUSTER", "slurm"))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no sbatch on it
+    p = _cli("--suite", str(suite), "--results-dir", str(tmp_path / "r"), env=env)
+    assert p.returncode == 2
+    err = [x for x in p.stderr.splitlines() if "error:" in x]
+    assert len(err) == 1 and "sbatch" in err[0] and "--executor local" in err[0]
+    assert not (tmp_path / "r").exists()  # no run, no rows
