@@ -22,7 +22,8 @@ it through :func:`benchmarks.runner.execute_group` into the shared run folder:
   progress is lost;
 - a cell whose worker died without a requeue stays ``started`` until the cluster says its job
   ended (:func:`job_gone`); then the next ``run`` of the sweep (or the submitting process, with
-  ``--wait``) records it as failed (``interrupted``), never lost, and retries it once.
+  ``--wait``) records it as failed (``interrupted``), never lost, and submits it again once; that
+  task, too, continues from the cell's own checkpoint.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class SweepWorker:
                 print(f"  {c.id}: executing under {st.job or st.host} (left to it)", flush=True)
             elif _todo(c, status, self.retry_failed):
                 cells.append(c)
+                if st is not None and (st.reason or "").startswith(("interrupted", "requeued")):
+                    resume.add(c.id)  # cut short before (its node died): continue from its own checkpoint
         return cells, resume
 
     def checkpoint(self, *args: Any, **kwargs: Any):

@@ -113,6 +113,7 @@ def test_a_resumed_sweep_skips_finished_cells_and_reports_a_dead_workers_cell_fa
         ("started", 2, ""),
         ("finished", 2, ""),
     ]
+    assert {r["cell"] for r in again.rows() if r["resumed"]} == {lost}  # continues from its own checkpoint
     finished_by = {e["cell"]: e["job"] for e in ev if e["event"] == "finished"}
     assert {finished_by[c.id] for g in groups[:2] for c in g.cells} == {None}  # never executed again
 
@@ -178,7 +179,8 @@ def test_a_preempted_job_requeues_and_finishes_with_the_rows_of_an_uninterrupted
 
 # ----------------------------------------------------------------------------- concurrent writers
 def _append_execute(cells, ctx):
-    return {c.id: Outcome(rows=[ctx.row(c, "flops_analytic", float(c["tokens"]), pad="x" * 3000)
+    return {c.id: Outcome(rows=[ctx.row(c, "flops_analytic", float(c["tokens"]), pad="x" * 3000,
+                                        resumed=c.id in ctx.resume)
                                 for _ in range(4)]) for c in cells}  # fmt: skip  # > PIPE_BUF per write
 
 
