@@ -7,7 +7,8 @@ knows are refused with one line naming the key and the allowed values (:class:`S
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
 ``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep)
-and ``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`).
+``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`) and ``classification``
+(its schema: :class:`benchmarks.classification.ClassificationSection`).
 
 >>> suite = load_suite("cpu")
 >>> suite["device"], suite["complexity"]["operator"]["dim"]
@@ -153,12 +154,10 @@ class Suite(_Strict):
             from benchmarks.detection import parse_detection
 
             self.detection = parse_detection(self.detection).model_dump()
-        for sec in ("classification",):
-            if getattr(self, sec) is not None:
-                raise ValueError(
-                    f"the {sec!r} section is not supported by this version of the harness; remove it "
-                    "(supported sections: complexity, detection)"
-                )
+        if self.classification is not None:
+            from benchmarks.classification import parse_classification
+
+            self.classification = parse_classification(self.classification).model_dump(mode="json")
         return self
 
 
