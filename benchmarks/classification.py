@@ -2,8 +2,9 @@
 
 One cell = one (task, model, seed): train a timm model from scratch with timm's own library, then
 measure it. Everything that trains is timm's: ``timm.create_model``, ``timm.data`` (dataset,
-transforms, loader, data config), ``timm.optim.create_optimizer_v2`` (the models'
-``no_weight_decay()`` names the class token and temperatures, which get no weight decay),
+transforms, loader, data config), ``timm.optim.create_optimizer_v2`` (no weight decay for 1-D
+parameters, biases and the names of the model's ``no_weight_decay()``: the class token; the
+temperatures are decayed, as the official vision recipe does, see ``ToST.no_weight_decay``),
 ``timm.scheduler.create_scheduler_v2``, ``timm.loss``, ``timm.data.Mixup``,
 ``timm.utils.random_seed`` / ``accuracy`` / ``dispatch_clip_grad``. The loop that calls them is the
 few lines of :func:`train_model`.

@@ -185,7 +185,11 @@ def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
                 sd = _fmt(r["sd"], m) if r["n"] > 1 else "n/a"
                 cells.append(f"{_fmt(r['mean'], m)} ± {sd} ({int(r['n'])})")
             r = desc[(desc["arm"] == a) & (desc["metric"] == "top1")]
-            ci = "-" if r.empty else _ci(r.iloc[0]["ci_low"], r.iloc[0]["ci_high"], "top1").strip("[]")
+            ci = (
+                "-"
+                if r.empty
+                else _ci(r.iloc[0]["ci_low"], r.iloc[0]["ci_high"], "top1").strip("[]").replace("+", "")
+            )
             lines.append(f"| {a} | " + " | ".join(cells) + f" | {ci} |")
         if not diffs.empty:
             dm = [m for m in DIFF_METRICS if m in set(diffs["metric"])]
