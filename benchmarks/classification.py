@@ -620,7 +620,7 @@ def inference_throughput(
     return batch / median, len(times)
 
 
-def run_classification_cell(params: dict[str, Any], workdir: Path) -> dict[str, float]:
+def run_classification_cell(params: dict[str, Any], workdir: Path | None = None) -> dict[str, float]:
     """Train and measure one cell; returns every metric of :data:`CLASSIFICATION_METRICS` as floats.
 
     ``params``: a dict from :func:`expand_cells`. Raises :class:`ClassificationError` /
@@ -635,13 +635,13 @@ def run_classification_cell(params: dict[str, Any], workdir: Path) -> dict[str, 
         )
     state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     try:
-        return _run_cell(cell, Path(workdir), model_gflops)
+        return _run_cell(cell, Path(workdir) if workdir is not None else None, model_gflops)
     finally:  # the process's torch settings as they were (other studies run in the same process)
         torch.set_num_threads(state[0])
         torch.use_deterministic_algorithms(state[1])
 
 
-def _run_cell(cell: CellParams, workdir: Path, model_gflops) -> dict[str, float]:
+def _run_cell(cell: CellParams, workdir: Path | None, model_gflops) -> dict[str, float]:
     model, val_loader, train_stats = train_model(cell, workdir)
     out = evaluate(model, val_loader, cell.device)
     size = cell.data.image_size

@@ -302,3 +302,38 @@ def test_smoke_cell_runs_twice_identically_through_the_harness(tmp_path):
         acc = df[df["metric"].isin(["top1", "top5", "val_loss", "params", "gflops"])]
         values.append(dict(zip(acc["metric"], acc["value"])))
     assert values[0] == values[1] and set(values[0]) == {"top1", "top5", "val_loss", "params", "gflops"}
+
+
+def test_derive_writes_each_block_from_the_run_of_its_kind(tmp_path, capsys):
+    """The published cpu runs hold complexity, detection and classification rows in separate runs:
+    each README block names the latest complete run holding its kind (``select_runs(kind=...)``)."""
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.__main__ import main
+    from benchmarks.store import select_runs
+
+    published = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    if not any(published.glob("*/run.json")):
+        pytest.skip("no published cpu runs in this checkout")
+    shutil.copytree(published, tmp_path / "results" / "cpu")
+    kinds = ("complexity", "detection", "classification")
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- {k}:cpu:begin -->\n<!-- {k}:cpu:end -->\n" for k in kinds))
+    want = {k: select_runs(tmp_path / "results", "cpu", kind=k) for k in kinds}
+    if not all(want.values()):
+        pytest.skip("the published cpu runs do not hold every kind yet")
+    assert (
+        main(
+            ["derive", "--suite", "cpu", "--results-dir", str(tmp_path / "results"), "--readme", str(readme)]
+        )
+        == 0
+    )
+    text = readme.read_text()
+    for k in kinds:
+        block = text.split(f"<!-- {k}:cpu:begin -->")[1].split(f"<!-- {k}:cpu:end -->")[0]
+        assert want[k][-1].id in block, k
+        others = {r.id for kk in kinds if kk != k for r in want[kk]} - {want[k][-1].id}
+        assert not any(o in block for o in others), k
+    cls_block = text.split("<!-- classification:cpu:begin -->")[1]
+    assert "not measured here" in cls_block and "± " in cls_block and "95% t interval" in cls_block
