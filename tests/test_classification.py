@@ -337,3 +337,13 @@ def test_derive_writes_each_block_from_the_run_of_its_kind(tmp_path, capsys):
         assert not any(o in block for o in others), k
     cls_block = text.split("<!-- classification:cpu:begin -->")[1]
     assert "not measured here" in cls_block and "± " in cls_block and "95% t interval" in cls_block
+
+
+def test_docstring_examples():
+    import doctest
+
+    from benchmarks import classification_study  # noqa: F401  (imports cleanly, registers the metrics)
+
+    for module in (cls, digits):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
