@@ -67,6 +67,8 @@ def _cmd_run(args, ap) -> int:
         ap.error(f"suite {args.suite_name!r} has no {args.part} section")
     if args.part in ("operator", "model") and cx.get(args.part) is None:
         ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    if not args.dry_run and suite["device"] == "cuda" and not torch.cuda.is_available():
+        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     if suite.get("detection") is not None and args.part in ("all", "detection"):
         from benchmarks.data.real import DataError
         from benchmarks.detection import check_data, parse_detection
@@ -109,8 +111,6 @@ def _cmd_run(args, ap) -> int:
         if data_note:
             print(data_note)
         return 0
-    if suite["device"] == "cuda" and not torch.cuda.is_available():
-        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     t0 = time.perf_counter()
     run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
                      device=suite["device"], progress=_progress)  # fmt: skip
