@@ -23,15 +23,19 @@ import time
 
 
 def _plan(suite_name: str, suite: dict, part: str):
-    """Every group of the suite: the complexity sweeps, then the detection study."""
+    """Every group of the suite: the complexity sweeps, the detection study, the classification study."""
     from benchmarks import complexity
 
-    parts = ("operator", "model", "detection") if part == "all" else (part,)
+    parts = ("operator", "model", "detection", "classification") if part == "all" else (part,)
     groups = complexity.plan(suite_name, suite, parts)
     if "detection" in parts and suite.get("detection") is not None:
         from benchmarks import detection_study
 
         groups += detection_study.plan(suite_name, suite)
+    if "classification" in parts and suite.get("classification") is not None:
+        from benchmarks import classification_study
+
+        groups += classification_study.plan(suite_name, suite)
     return groups
 
 
@@ -65,10 +69,12 @@ def _cmd_run(args, ap) -> int:
         ap.error(str(exc))
     suite = args.suite
     cx = suite.get("complexity") or {}
-    if args.part == "detection" and suite.get("detection") is None:
-        ap.error(f"suite {args.suite_name!r} has no detection section")
+    if args.part in ("detection", "classification") and suite.get(args.part) is None:
+        ap.error(f"suite {args.suite_name!r} has no {args.part} section")
     if args.part in ("operator", "model") and cx.get(args.part) is None:
         ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    if not args.dry_run and suite["device"] == "cuda" and not torch.cuda.is_available():
+        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     if suite.get("detection") is not None and args.part in ("all", "detection"):
         from benchmarks.data.real import DataError
         from benchmarks.detection import check_data, parse_detection
@@ -77,6 +83,17 @@ def _cmd_run(args, ap) -> int:
             check_data(parse_detection(suite["detection"]))
         except (DataError, ValueError) as exc:
             ap.error(str(exc))
+    data_note = None
+    if suite.get("classification") is not None and args.part in ("all", "classification"):
+        from benchmarks.classification import check_data, parse_classification
+        from benchmarks.data.digits import DataError as ClsDataError
+
+        try:
+            check_data(parse_classification(suite["classification"]))
+        except (ClsDataError, ValueError) as exc:
+            if not args.dry_run:  # no cell runs (and no row is written) when a dataset is missing
+                ap.error(str(exc))
+            data_note = f"note: {exc} (a run would stop here)"
     try:
         groups = _plan(args.suite_name, suite, args.part)
     except ValueError as exc:
@@ -97,6 +114,8 @@ def _cmd_run(args, ap) -> int:
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
+        if data_note:
+            print(data_note)
         if executor["kind"] == "submitit":
             from benchmarks.scaleout import describe_submission
 
@@ -109,8 +128,6 @@ def _cmd_run(args, ap) -> int:
             return submit_from_cli(args, groups, executor)
         except ScaleOutError as exc:
             ap.error(str(exc))
-    if suite["device"] == "cuda" and not torch.cuda.is_available():
-        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     t0 = time.perf_counter()
     run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
                      device=suite["device"], progress=_progress)  # fmt: skip
@@ -125,6 +142,15 @@ def _cmd_run(args, ap) -> int:
             print(
                 detection_study.summary_markdown(s, f"Detection study, suite {args.suite_name}, run {run.id}")
             )
+    if suite.get("classification") is not None and args.part in ("all", "classification"):
+        from benchmarks import classification_study
+        from benchmarks.store import load_rows
+
+        df = load_rows([run])
+        if not df.empty and (df["kind"] == "classification").any():
+            s = classification_study.summary(df, suite["classification"])
+            title = f"Classification study, suite {args.suite_name}, run {run.id}"
+            print(classification_study.summary_markdown(s, title))
     return 0
 
 
@@ -154,6 +180,13 @@ def _cmd_derive(args, ap) -> int:
         else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="detection")
     )
     det_df = df if args.runs else load_rows(det_runs)
+    cls_runs = (
+        runs
+        if args.runs
+        else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="classification")
+    )
+    cls_df = df if args.runs else load_rows(cls_runs)
+    has_cls = not cls_df.empty and (cls_df["kind"] == "classification").any()
     op = (args.suite.get("complexity") or {}).get("operator") or {}
     fit_min = args.fit_min_tokens if args.fit_min_tokens is not None else op.get("fit_min_tokens", 1024)
     try:
@@ -161,7 +194,7 @@ def _cmd_derive(args, ap) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     has_det = not det_df.empty and (det_df["kind"] == "detection").any()
-    if not d["configs"] and not d["models"] and not has_det:
+    if not d["configs"] and not d["models"] and not has_det and not has_cls:
         ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free rows to derive from")
     command = f"python -m benchmarks derive --suite {args.suite_name}"
     block = derived_markdown(d, command)
@@ -195,6 +228,25 @@ def _cmd_derive(args, ap) -> int:
         if args.readme:
             try:
                 write_readme_block(args.readme, f"detection:{args.suite_name}", block)
+            except ValueError as exc:
+                ap.error(str(exc))
+    if has_cls:
+        from benchmarks import classification_study
+
+        blocks = []
+        for run in cls_runs:  # one table per run: rows of different machines are never pooled
+            rdf = cls_df[cls_df["run"] == run.id]
+            if (rdf["kind"] == "classification").any():
+                s = classification_study.summary(rdf, run.record["config"]["classification"])
+                title = (f"Classification study, suite {args.suite_name}, run {run.id} "
+                         f"({run.record['machine']['name']}); mean ± sd (n seeds)")  # fmt: skip
+                blocks.append(classification_study.summary_markdown(s, title))
+        blocks.append(classification_study.paper_markdown())
+        block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
+        print(block)
+        if args.readme:
+            try:
+                write_readme_block(args.readme, f"classification:{args.suite_name}", block)
             except ValueError as exc:
                 ap.error(str(exc))
     return 0
@@ -241,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--suite", default=None, help="embedded suite name (cpu, gpu) or a .yaml path")
     common.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     r = sub.add_parser("run", parents=[common], help="run a suite's cells into this machine's run (resumes)")
-    r.add_argument("--part", choices=["operator", "model", "detection", "all"], default="all")
+    r.add_argument(
+        "--part", choices=["operator", "model", "detection", "classification", "all"], default="all"
+    )
     r.add_argument("--retry-failed", action="store_true", help="run failed cells of the latest run again")
     r.add_argument(
         "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"

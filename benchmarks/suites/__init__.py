@@ -7,8 +7,9 @@ knows are refused with one line naming the key and the allowed values (:class:`S
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
 ``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep),
-``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`) and ``executor``
-(where the cells run: :class:`ExecutorSection`; absent = in this process).
+``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`), ``classification``
+(its schema: :class:`benchmarks.classification.ClassificationSection`) and ``executor`` (where the
+cells run: :class:`ExecutorSection`; absent = in this process).
 
 >>> suite = load_suite("cpu")
 >>> suite["device"], suite["complexity"]["operator"]["dim"]
@@ -183,12 +184,10 @@ class Suite(_Strict):
                     f"executor.gpus_per_node is {self.executor.gpus_per_node} but detection.train.device "
                     f"{self.detection['train']['device']!r} uses {gpus} GPU(s); set gpus_per_node: {gpus}"
                 )
-        for sec in ("classification",):
-            if getattr(self, sec) is not None:
-                raise ValueError(
-                    f"the {sec!r} section is not supported by this version of the harness; remove it "
-                    "(supported sections: complexity, detection)"
-                )
+        if self.classification is not None:
+            from benchmarks.classification import parse_classification
+
+            self.classification = parse_classification(self.classification).model_dump(mode="json")
         return self
 
 
