@@ -137,7 +137,7 @@ def build(results_dir="results", out="reports", readme=None, pdf: bool = True, l
                                                  f"layer, with O(N) and O(N²) guides. {prov}.")  # fmt: skip
     rep.ledger = claims.ledger(cx, summary, yolo, cls)
     allrows = pd.concat([d for d in (cx, det, yolo, cls) if not d.empty], ignore_index=True)
-    rep.tables["claims"] = claims.ledger_table(rep.ledger, tables.provenance(allrows) if not allrows.empty else "none")
+    rep.tables["claims"] = claims.ledger_table(rep.ledger, tables.provenance_short(allrows) if not allrows.empty else "none")
 
     for name, t in rep.tables.items():
         _write(out / "tables" / f"{name}.tex", to_latex(t))
@@ -178,8 +178,8 @@ def report_tex(rep: Report) -> str:
     for name, (paths, cap) in rep.figures.items():
         wide = "column" not in name and name != "detection_strata" and name != "detection_diffs"
         env = "figure*" if wide else "figure"
-        width = r"\textwidth" if wide else r"\columnwidth"
-        lines += [rf"\begin{{{env}}}[tbp]", r"\centering", rf"\includegraphics[width={width}]{{figures/{name}.pdf}}",
+        # natural size: the figures are drawn at 3.25 in (column) or 6.75 in (text width) with 6-7 pt text
+        lines += [rf"\begin{{{env}}}[tbp]", r"\centering", rf"\includegraphics{{figures/{name}.pdf}}",
                   rf"\caption{{{escape_latex(cap)}}}", rf"\label{{fig:{name.replace('_', '-')}}}",
                   rf"\end{{{env}}}"]  # fmt: skip
     lines += ["", r"\end{document}", ""]

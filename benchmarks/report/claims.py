@@ -48,7 +48,7 @@ def _slope_claims(ops: pd.DataFrame, fit_min_tokens: int) -> list[dict]:
     for q, metric, p in specs:
         for variant, level in ((T.CORE_TSSA, "core"), (T.LAYER_TSSA, "layer")):
             claim = f"Linear {q} in N ({level})"
-            src = "paper, Table 1 (ToST: O(pn) time, O(p) memory per token); public forks"
+            src = "paper, Table 1; public forks"
             g = ops[(ops["variant"] == variant) & (ops["pass"] == p) & (ops["metric"] == metric)] if not ops.empty else ops
             g = g[g["tokens"].astype(int) >= fit_min_tokens].drop_duplicates("tokens", keep="last") if not g.empty else g
             if len(g) < 2:
@@ -59,17 +59,17 @@ def _slope_claims(ops: pd.DataFrame, fit_min_tokens: int) -> list[dict]:
             k, lo, hi = T.slope_interval(g["tokens"], g["value"])
             ns = sorted(int(x) for x in g["tokens"])
             out.append(dict(claim=claim, source=src,
-                            measured=f"log-log slope of {variant} {p} {'median latency' if q == 'time' else 'peak memory'}, "
+                            measured=f"log-log slope of {variant} {p} {'median time' if q == 'time' else 'peak memory'}, "
                                      f"N = {ns[0]}..{ns[-1]} ({len(ns)} sizes)",
                             interval=f"k = {k:.2f} [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else f"k = {k:.2f}",
                             verdict=_linear(k, lo, hi),
-                            why=f"linear when the 95% interval of k ends at or below {LINEAR_MAX}"))  # fmt: skip
+                            why=f"linear: upper end of k's 95% CI ≤ {LINEAR_MAX}"))  # fmt: skip
     return out
 
 
 def _speed_16k(ops: pd.DataFrame) -> dict:
     claim = "16K tokens: ToST ~12 ms vs ViT ~300 ms, ~0.13 GB vs ~17 GB"
-    src = "paper, speed and memory figure (GPU, full models, naive ViT attention)"
+    src = "paper, speed/memory figure (GPU, full models)"
     ctx = ""
     if not ops.empty:
         g = ops[ops["tokens"].astype(int) == 16384]
@@ -86,13 +86,12 @@ def _speed_16k(ops: pd.DataFrame) -> dict:
             if m1 and m0:
                 ctx += f", peak {m1:.0f} MiB vs {m0:.0f} MiB"
     gpu = not ops.empty and "prov.device" in ops and (ops["prov.device"].astype(str).str.startswith("cuda")).any()
-    why = ("needs full ToST and ViT models timed on a GPU at 16K tokens; the selected runs hold CPU rows only "
-           "(no gpu suite run)") if not gpu else "GPU rows exist but no full-model 16K comparison is defined"  # fmt: skip
+    why = "needs full models timed on a GPU; only CPU rows here (no gpu run)" if not gpu else "GPU rows exist but no full-model 16K comparison is defined"  # fmt: skip
     return dict(claim=claim, source=src, measured=ctx or "nothing comparable", interval="", verdict=NOT_TESTABLE, why=why)
 
 
 def _fork_counts(yolo: pd.DataFrame) -> list[dict]:
-    src = "public C2PSA-TSSA forks (yolo11n with TSSA in C2PSA)"
+    src = "public C2PSA-TSSA forks"
     ok = yolo[(yolo["kind"] == "complexity") & yolo["error"].isna()] if not yolo.empty else yolo
     ok = ok[ok["variant"] == "yolo11n-tssa"] if not ok.empty else ok
     out = []
@@ -128,10 +127,10 @@ def _detection_claims(summary: dict | None) -> list[dict]:
             continue
         for _, r in sel.iterrows():
             out.append(dict(claim=f"{title}: {T.M.get(r['metric']).label}", source=src,
-                            measured=f"paired AP difference {r['arm']} - {r['reference']}, n = {r['n']} seeds",
+                            measured=f"paired AP difference {r['arm']} − {r['reference']}, n = {r['n']} seeds",
                             interval=f"{r['mean_diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
                             verdict=r["verdict"],
-                            why=f"Holm p = {r['p_adj']:.3g}; ROPE ±{r['rope']} AP"))  # fmt: skip
+                            why=f"Holm p = {r['p_adj']:.2g}; ROPE ±{r['rope']} AP"))  # fmt: skip
     return out
 
 
@@ -139,12 +138,12 @@ def _classification_claim(cls: pd.DataFrame) -> list[dict]:
     from benchmarks import stats
 
     claim = "ToST on par with its softmax and XCA controls"
-    src = "paper, Table 2 (ToST-S 77.9 vs XCiT-S 80.5, ViT-S 79.8 top-1)"
+    src = "paper, Table 2 (ToST-S 77.9, XCiT-S 80.5, ViT-S 79.8 top-1)"
     ok = cls[(cls["kind"] == "classification") & cls["error"].isna()] if not cls.empty else cls
     metric = T.classification_metric(ok) if not ok.empty else None
     if metric is None:
         return [dict(claim=claim, source=src, measured="no classification rows", interval="", verdict=NOT_TESTABLE,
-                     why="missing: no rows of kind 'classification' in the selected runs")]  # fmt: skip
+                     why="missing: no classification rows in the selected runs")]  # fmt: skip
     long = ok[ok["metric"] == metric][["variant", "seed", "value"]].rename(columns={"variant": "arm"})
     long = long.assign(metric="top1", value=long["value"].astype(float) * (100.0 if T.M.get(metric).unit == "1" else 1.0))
     tost = sorted(a for a in set(long["arm"]) if "softmax" not in a and "xca" not in a)
@@ -186,13 +185,13 @@ def ledger_table(led: pd.DataFrame, provenance: str) -> Table:
         rows.append(label)
         for c in ("source", "measured", "interval", "verdict", "why"):
             recs.append(dict(row=label, col=c, text=r[c]))
-    cols = [Col("source", "source", "source", "text", width="2.4cm"),
+    cols = [Col("source", "source", "source", "text", width="2.2cm"),
             Col("measured", "measured", "measured", "text", width="3.4cm"),
-            Col("interval", "estimate [95\\% CI]", "estimate [95% CI]", "text", width="2.4cm"),
-            Col("verdict", "verdict", "verdict", "text", width="1.5cm"),
-            Col("why", "rule / why", "rule / why", "text", width="2.6cm")]  # fmt: skip
+            Col("interval", "estimate [95\\% CI]", "estimate [95% CI]", "text", width="2.6cm"),
+            Col("verdict", "verdict", "verdict", "text", width="1.9cm"),
+            Col("why", "rule / why", "rule / why", "text", width="2.5cm")]  # fmt: skip
     cap = ("Claims ledger: every claim of the paper and the public forks that this suite can test, what was "
            "measured, the estimate with its 95% interval and the verdict (rules declared in "
            f"benchmarks/report/claims.py before reading results). Rows from: {provenance}.")  # fmt: skip
     return Table(name="claims", caption=cap, label="tab:claims", stub="claim", rows=rows, cols=cols,
-                 cells=pd.DataFrame(recs), wide=True, small=True, extra={"stub_width": "2.8cm"})
+                 cells=pd.DataFrame(recs), wide=True, small=True, extra={"stub_width": "2.5cm"})

@@ -103,12 +103,9 @@ def complexity(ops: pd.DataFrame, out: Path, caption_src: str, width: float = TE
                 ax.set_yscale("log")
                 ax.set_xlabel("tokens N")
                 ax.set_ylabel(ylabel)
-                if i == 0:
-                    ax.set_title(f"{level} level")
-                if i == len(quantities) - 1 or len(quantities) == 1:
-                    pass
-                if i == 0:
-                    ax.legend(loc="upper left", frameon=True, ncol=1, handlelength=1.5)
+                if i == 0:  # legend above the top panel, never over the data
+                    ax.legend(title=f"{level} level", loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3,
+                              frameon=False, handlelength=1.5, columnspacing=1.0)  # fmt: skip
         fig.tight_layout()
         return save(fig, out, name)
 

@@ -43,6 +43,7 @@ _ESCAPES = {
     "×": r"\ensuremath{\times}",
     "≈": r"\ensuremath{\approx}",
     "²": r"\ensuremath{^2}",
+    "−": r"\ensuremath{-}",
 }
 _ESC_RE = re.compile("|".join(re.escape(k) for k in _ESCAPES))
 
@@ -104,7 +105,7 @@ def _finite(x) -> bool:
 def best_row(t: Table, col: Col) -> str | None:
     """The row to set in bold in ``col``, or None.
 
-    The best mean (per ``higher_is_better``) wins only when no other row has the same mean and its
+    The best mean (per ``higher_is_better``) wins only when no other row prints the same mean and its
     interval ``[lo, hi]`` (a point when absent) does not overlap the runner-up's.
     """
     if col.higher_is_better is None or col.style == "text":
@@ -122,8 +123,8 @@ def best_row(t: Table, col: Col) -> str | None:
         return None
     vals.sort(key=lambda v: v[0], reverse=bool(col.higher_is_better))
     (m1, lo1, hi1, r1), (m2, lo2, hi2, _) = vals[0], vals[1]
-    if round(m1, col.precision + 6) == round(m2, col.precision + 6):
-        return None  # a tie is never bold
+    if f"{m1:.{col.precision}f}" == f"{m2:.{col.precision}f}":
+        return None  # a tie (at the printed precision) is never bold
     disjoint = lo1 > hi2 if col.higher_is_better else hi1 < lo2
     return r1 if disjoint else None
 

@@ -50,6 +50,14 @@ def provenance(df: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def provenance_short(df: pd.DataFrame) -> str:
+    """'machine M; runs R1 (suite, kind), R2 (...)' (plain text), for captions that list several runs."""
+    machines = sorted({f"{n} [{i}]" for n, i in zip(df["machine_name"], df["machine"])})
+    runs = [f"{run} ({g['suite'].iloc[0]} {g['kind'].iloc[0]}, git {str(g['prov.git'].iloc[0])[:7]})"
+            for run, g in df.groupby("run", sort=True)]  # fmt: skip
+    return f"machine {', '.join(machines)}; runs {', '.join(runs)}"
+
+
 def _col(metric: str, style: str = "pm", **kw) -> Col:
     m = M.get(metric)
     unit = m.latex_unit
@@ -245,9 +253,9 @@ def operator_cost(df: pd.DataFrame, level: str, ns=SELECTED_N) -> Table | None:
         return None
     recs, cols = [], []
     for n in ns:
-        cols.append(Col(f"t{n}", f"time $N={n}$", f"fwd time N={n}", "value", 2, r"\milli\second", "ms", False))
+        cols.append(Col(f"t{n}", f"$t_{{{n}}}$", f"fwd time N={n}", "value", 2, r"\milli\second", "ms", False))
     for n in ns:
-        cols.append(Col(f"m{n}", f"memory $N={n}$", f"fwd+bwd peak N={n}", "value", 1, r"\mebi\byte", "MiB", False))
+        cols.append(Col(f"m{n}", f"$M_{{{n}}}$", f"fwd+bwd peak N={n}", "value", 1, r"\mebi\byte", "MiB", False))
     for (v, n), g in ok.groupby(["variant", ok["tokens"].astype(int)]):
         if n not in ns:
             continue
@@ -262,12 +270,13 @@ def operator_cost(df: pd.DataFrame, level: str, ns=SELECTED_N) -> Table | None:
     cfg = ok.iloc[0]
     what = ("core (the operator alone, on projected tokens)" if level == "core"
             else "layer (projections, core and output projection; floor = the two C x C projections alone)")  # fmt: skip
-    cap = (f"Operator cost at selected N, {what}: median forward latency over interleaved rounds (bold only when "
-           f"its interquartile range is disjoint from the runner-up's) and exact forward+backward peak memory. "
+    cap = (f"Operator cost at selected N, {what}: t = median forward latency over interleaved rounds (bold only "
+           f"when its interquartile range is disjoint from the runner-up's), M = exact forward+backward peak memory, "
+           f"subscript = N. "
            f"{cfg['dtype']}, B={int(cfg['batch'])}, C={int(cfg['dim'])}, H={int(cfg['heads'])}, "
            f"{int(cfg['threads'])} thread(s). {provenance(ok)}.")  # fmt: skip
     return Table(name=f"operator_{level}", caption=cap, label=f"tab:operator-{level}", stub="variant",
-                 rows=sorted(set(ok["variant"])), cols=cols, cells=pd.DataFrame(recs), wide=True)  # fmt: skip
+                 rows=sorted(set(ok["variant"])), cols=cols, cells=pd.DataFrame(recs), wide=True, small=True)  # fmt: skip
 
 
 def slope_interval(tokens, values, confidence: float = 0.95) -> tuple[float, float, float]:
