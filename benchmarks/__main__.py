@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("runs", parents=[common], help="list runs")
     p = sub.add_parser("publish", parents=[common], help="copy a complete local run into results/<suite>/")
     p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
-    rp = sub.add_parser("report", help="render tables, figures, the claims ledger and report.pdf from the rows")
+    rp = sub.add_parser(
+        "report", help="render tables, figures, the claims ledger and report.pdf from the rows"
+    )
     rp.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     rp.add_argument("--out", default="reports", help="output folder (default reports/)")
     rp.add_argument("--readme", default=None, help="README whose report block is rewritten")

@@ -58,7 +58,7 @@ def _rows(results_dir, suite: str | None, kind: str) -> pd.DataFrame:
 def build(results_dir="results", out="reports", readme=None, pdf: bool = True, log=print) -> Report:
     """Render every table and figure that the rows allow into ``out`` (``tables/``, ``figures/``,
     ``report.tex``, ``report.pdf`` when latexmk exists); with ``readme``, write its report blocks."""
-    from benchmarks import detection_study  # registers the detection metrics
+    from benchmarks import detection_study  # noqa: F401  (registers the detection metrics)
     from benchmarks.report import claims, figures, tables
     from benchmarks.store import select_runs
 
@@ -136,8 +136,11 @@ def build(results_dir="results", out="reports", readme=None, pdf: bool = True, l
         rep.figures["complexity_time_column"] = (paths, "Median forward time against N (column width), core and "
                                                  f"layer, with O(N) and O(N²) guides. {prov}.")  # fmt: skip
     rep.ledger = claims.ledger(cx, summary, yolo, cls)
-    allrows = pd.concat([d for d in (cx, det, yolo, cls) if not d.empty], ignore_index=True)
-    rep.tables["claims"] = claims.ledger_table(rep.ledger, tables.provenance_short(allrows) if not allrows.empty else "none")
+    frames = [d for d in (cx, det, yolo, cls) if not d.empty]
+    allrows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rep.tables["claims"] = claims.ledger_table(
+        rep.ledger, tables.provenance_short(allrows) if not allrows.empty else "none"
+    )
 
     for name, t in rep.tables.items():
         _write(out / "tables" / f"{name}.tex", to_latex(t))
@@ -175,7 +178,7 @@ def report_tex(rep: Report) -> str:
     order = ["claims", *[n for n in rep.tables if n != "claims"]]
     for n in order:
         lines.append(rf"\input{{tables/{n}}}")
-    for name, (paths, cap) in rep.figures.items():
+    for name, (_paths, cap) in rep.figures.items():
         wide = "column" not in name and name != "detection_strata" and name != "detection_diffs"
         env = "figure*" if wide else "figure"
         # natural size: the figures are drawn at 3.25 in (column) or 6.75 in (text width) with 6-7 pt text

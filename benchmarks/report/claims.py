@@ -49,8 +49,16 @@ def _slope_claims(ops: pd.DataFrame, fit_min_tokens: int) -> list[dict]:
         for variant, level in ((T.CORE_TSSA, "core"), (T.LAYER_TSSA, "layer")):
             claim = f"Linear {q} in N ({level})"
             src = "paper, Table 1; public forks"
-            g = ops[(ops["variant"] == variant) & (ops["pass"] == p) & (ops["metric"] == metric)] if not ops.empty else ops
-            g = g[g["tokens"].astype(int) >= fit_min_tokens].drop_duplicates("tokens", keep="last") if not g.empty else g
+            g = (
+                ops[(ops["variant"] == variant) & (ops["pass"] == p) & (ops["metric"] == metric)]
+                if not ops.empty
+                else ops
+            )
+            g = (
+                g[g["tokens"].astype(int) >= fit_min_tokens].drop_duplicates("tokens", keep="last")
+                if not g.empty
+                else g
+            )
             if len(g) < 2:
                 out.append(dict(claim=claim, source=src, measured=f"no {variant} {p} {metric} rows at N ≥ {fit_min_tokens}",
                                 interval="", verdict=NOT_TESTABLE,
@@ -85,9 +93,20 @@ def _speed_16k(ops: pd.DataFrame) -> dict:
             ctx = f"context only, CPU core at N = 16384: {T.CORE_TSSA} {t1:.1f} ms vs {ref} {t0:.1f} ms"
             if m1 and m0:
                 ctx += f", peak {m1:.0f} MiB vs {m0:.0f} MiB"
-    gpu = not ops.empty and "prov.device" in ops and (ops["prov.device"].astype(str).str.startswith("cuda")).any()
+    gpu = (
+        not ops.empty
+        and "prov.device" in ops
+        and (ops["prov.device"].astype(str).str.startswith("cuda")).any()
+    )
     why = "needs full models timed on a GPU; only CPU rows here (no gpu run)" if not gpu else "GPU rows exist but no full-model 16K comparison is defined"  # fmt: skip
-    return dict(claim=claim, source=src, measured=ctx or "nothing comparable", interval="", verdict=NOT_TESTABLE, why=why)
+    return dict(
+        claim=claim,
+        source=src,
+        measured=ctx or "nothing comparable",
+        interval="",
+        verdict=NOT_TESTABLE,
+        why=why,
+    )
 
 
 def _fork_counts(yolo: pd.DataFrame) -> list[dict]:
@@ -106,7 +125,11 @@ def _fork_counts(yolo: pd.DataFrame) -> list[dict]:
             continue
         v = float(s["value"].iloc[-1]) / scale
         ok_ = round(v, digits) == round(target, digits)
-        what = "parameter count" if metric == "params" else "Ultralytics' GFLOPs estimate at 640 px (the forks' tool)"
+        what = (
+            "parameter count"
+            if metric == "params"
+            else "Ultralytics' GFLOPs estimate at 640 px (the forks' tool)"
+        )
         out.append(dict(claim=claim, source=src, measured=f"{what}: {v:.{digits + 2}f}{unit}",
                         interval="exact count", verdict="supported" if ok_ else "contradicted",
                         why=f"supported when it rounds to {target}{unit}"))  # fmt: skip
@@ -145,7 +168,9 @@ def _classification_claim(cls: pd.DataFrame) -> list[dict]:
         return [dict(claim=claim, source=src, measured="no classification rows", interval="", verdict=NOT_TESTABLE,
                      why="missing: no classification rows in the selected runs")]  # fmt: skip
     long = ok[ok["metric"] == metric][["variant", "seed", "value"]].rename(columns={"variant": "arm"})
-    long = long.assign(metric="top1", value=long["value"].astype(float) * (100.0 if T.M.get(metric).unit == "1" else 1.0))
+    long = long.assign(
+        metric="top1", value=long["value"].astype(float) * (100.0 if T.M.get(metric).unit == "1" else 1.0)
+    )
     tost = sorted(a for a in set(long["arm"]) if "softmax" not in a and "xca" not in a)
     out = []
     for ctrl in sorted(a for a in set(long["arm"]) if "softmax" in a or "xca" in a):
@@ -180,7 +205,7 @@ def ledger(complexity: pd.DataFrame, detection_summary: dict | None, yolo: pd.Da
 def ledger_table(led: pd.DataFrame, provenance: str) -> Table:
     """The ledger as a report table (text columns, wrapped)."""
     recs, rows = [], []
-    for i, r in led.iterrows():
+    for _, r in led.iterrows():
         label = r["claim"]
         rows.append(label)
         for c in ("source", "measured", "interval", "verdict", "why"):
@@ -193,5 +218,15 @@ def ledger_table(led: pd.DataFrame, provenance: str) -> Table:
     cap = ("Claims ledger: every claim of the paper and the public forks that this suite can test, what was "
            "measured, the estimate with its 95% interval and the verdict (rules declared in "
            f"benchmarks/report/claims.py before reading results). Rows from: {provenance}.")  # fmt: skip
-    return Table(name="claims", caption=cap, label="tab:claims", stub="claim", rows=rows, cols=cols,
-                 cells=pd.DataFrame(recs), wide=True, small=True, extra={"stub_width": "2.5cm"})
+    return Table(
+        name="claims",
+        caption=cap,
+        label="tab:claims",
+        stub="claim",
+        rows=rows,
+        cols=cols,
+        cells=pd.DataFrame(recs),
+        wide=True,
+        small=True,
+        extra={"stub_width": "2.5cm"},
+    )

@@ -85,7 +85,9 @@ def complexity(ops: pd.DataFrame, out: Path, caption_src: str, width: float = TE
     names = sorted(set(ops["variant"]))
     colour, marker = _palette(names)
     with style():
-        fig, axes = plt.subplots(len(quantities), 2, figsize=(width, 1.7 * len(quantities) + 0.3), squeeze=False)
+        fig, axes = plt.subplots(
+            len(quantities), 2, figsize=(width, 1.7 * len(quantities) + 0.3), squeeze=False
+        )
         for i, (metric, p, ylabel) in enumerate(quantities):
             for j, (level, g) in enumerate(levels):
                 ax = axes[i][j]
@@ -130,7 +132,9 @@ def accuracy_by_stratum(det: pd.DataFrame, out: Path, reference: str, width: flo
             ax.set_ylabel("AP50-95 (fraction)")
             ax.get_legend().remove()
         handles, labs = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labs, loc="lower center", ncol=len(arms), frameon=False, bbox_to_anchor=(0.5, 1.0))
+        fig.legend(
+            handles, labs, loc="lower center", ncol=len(arms), frameon=False, bbox_to_anchor=(0.5, 1.0)
+        )
         fig.text(0.5, -0.02, f"mean over n = {n} seeds, error bars ±1 sd", ha="center", va="top", fontsize=6)
         fig.tight_layout()
         return save(fig, out, "detection_strata")

@@ -20,7 +20,15 @@ from benchmarks.report.render import Col, Table
 SIZE_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large")
 OCC_METRICS = ("ap_occ_none", "ap_occ_partial", "ap_occ_heavy", "recall_occ_none", "recall_occ_partial",
                "recall_occ_heavy")  # fmt: skip
-DIFF_METRICS = ("map50_95", "ap_small", "ap_medium", "ap_large", "ap_occ_none", "ap_occ_partial", "ap_occ_heavy")
+DIFF_METRICS = (
+    "map50_95",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ap_occ_none",
+    "ap_occ_partial",
+    "ap_occ_heavy",
+)
 EFFICIENCY_METRICS = ("params", "gflops", "latency_ms", "train_time_s", "train_peak_mib")
 SELECTED_N = (1024, 4096, 16384)
 CORE_TSSA = "tssa:stream"  # what tssa's dispatch picks on CPU
@@ -44,7 +52,11 @@ def provenance(df: pd.DataFrame) -> str:
         seeds = sorted({int(s) for s in g["seed"].dropna()}) if "seed" in g and kind != "complexity" else []
         git = str(g["prov.git"].iloc[0])[:7] if "prov.git" in g else "?"
         dirty = " dirty" if "prov.dirty" in g and bool(g["prov.dirty"].iloc[0]) else ""
-        seed_txt = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}" if seeds else "medians and exact counts, no seeds"
+        seed_txt = (
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+            if seeds
+            else "medians and exact counts, no seeds"
+        )
         parts.append(f"suite {g['suite'].iloc[0]}, {seed_txt}, machine {g['machine_name'].iloc[0]} "
                      f"[{g['machine'].iloc[0]}], run {run} (git {git}{dirty})")  # fmt: skip
     return "; ".join(parts)
@@ -78,14 +90,20 @@ def _ok(df: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def _arm_order(arms, reference: str) -> list[str]:
-    return [reference] + sorted(a for a in set(arms) if a != reference) if reference in set(arms) else sorted(arms)
+    return (
+        [reference] + sorted(a for a in set(arms) if a != reference)
+        if reference in set(arms)
+        else sorted(arms)
+    )
 
 
 # ------------------------------------------------------------------------------------------ detection
 def detection_long(df: pd.DataFrame) -> pd.DataFrame:
     """Detection rows as (arm, seed, metric, value)."""
     ok = _ok(df, "detection")
-    return ok[["variant", "seed", "metric", "value"]].rename(columns={"variant": "arm"}).astype({"value": float})
+    return (
+        ok[["variant", "seed", "metric", "value"]].rename(columns={"variant": "arm"}).astype({"value": float})
+    )
 
 
 def _describe_cells(long: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +171,11 @@ def efficiency(df: pd.DataFrame, reference: str) -> Table | None:
         return None
     cells = _describe_cells(long)
     const = cells.groupby("col")["sd"].max().fillna(0) == 0
-    cols = [_col(m, "value" if const.get(m, False) else "pm") for m in EFFICIENCY_METRICS if m in set(long["metric"])]
+    cols = [
+        _col(m, "value" if const.get(m, False) else "pm")
+        for m in EFFICIENCY_METRICS
+        if m in set(long["metric"])
+    ]
     cap = (f"Efficiency per detection arm: parameters, GFLOPs (the project's counter), median inference latency "
            f"(batch 1), training time and training-step peak memory; mean ± sd over n = {int(cells['n'].max())} "
            f"seeds where they vary. {provenance(df[df['kind'] == 'detection'])}.")  # fmt: skip
@@ -253,9 +275,13 @@ def operator_cost(df: pd.DataFrame, level: str, ns=SELECTED_N) -> Table | None:
         return None
     recs, cols = [], []
     for n in ns:
-        cols.append(Col(f"t{n}", f"$t_{{{n}}}$", f"fwd time N={n}", "value", 2, r"\milli\second", "ms", False))
+        cols.append(
+            Col(f"t{n}", f"$t_{{{n}}}$", f"fwd time N={n}", "value", 2, r"\milli\second", "ms", False)
+        )
     for n in ns:
-        cols.append(Col(f"m{n}", f"$M_{{{n}}}$", f"fwd+bwd peak N={n}", "value", 1, r"\mebi\byte", "MiB", False))
+        cols.append(
+            Col(f"m{n}", f"$M_{{{n}}}$", f"fwd+bwd peak N={n}", "value", 1, r"\mebi\byte", "MiB", False)
+        )
     for (v, n), g in ok.groupby(["variant", ok["tokens"].astype(int)]):
         if n not in ns:
             continue
@@ -263,7 +289,15 @@ def operator_cost(df: pd.DataFrame, level: str, ns=SELECTED_N) -> Table | None:
         if not lat.empty:
             r = lat.iloc[-1]
             iqr = float(r["iqr_ms"]) if "iqr_ms" in r and pd.notna(r["iqr_ms"]) else 0.0
-            recs.append(dict(row=v, col=f"t{n}", mean=float(r["value"]), lo=r["value"] - iqr / 2, hi=r["value"] + iqr / 2))
+            recs.append(
+                dict(
+                    row=v,
+                    col=f"t{n}",
+                    mean=float(r["value"]),
+                    lo=r["value"] - iqr / 2,
+                    hi=r["value"] + iqr / 2,
+                )
+            )
         mem = g[(g["metric"] == "peak_mib") & (g["pass"] == "fwd+bwd")]
         if not mem.empty:
             recs.append(dict(row=v, col=f"m{n}", mean=float(mem["value"].iloc[-1])))
@@ -292,7 +326,9 @@ def slope_interval(tokens, values, confidence: float = 0.95) -> tuple[float, flo
     return float(r.slope), float(r.slope - h), float(r.slope + h)
 
 
-def slopes(df: pd.DataFrame, fit_min_tokens: int = 1024, reference: str = "sdpa") -> tuple[Table | None, dict]:
+def slopes(
+    df: pd.DataFrame, fit_min_tokens: int = 1024, reference: str = "sdpa"
+) -> tuple[Table | None, dict]:
     """Log-log time and memory slopes with 95% intervals, fitted on N >= ``fit_min_tokens``, and crossovers."""
     from benchmarks.complexity.derive import derive
 
@@ -311,7 +347,9 @@ def slopes(df: pd.DataFrame, fit_min_tokens: int = 1024, reference: str = "sdpa"
                 ser = g[g["metric"] == met].drop_duplicates("tokens", keep="last").sort_values("tokens")
                 if len(ser) >= 2:
                     k, lo, hi = slope_interval(ser["tokens"], ser["value"])
-                    recs.append(dict(row=label, col=q, mean=k, sd=(hi - lo) / 2 if pd.notna(lo) else math.nan))
+                    recs.append(
+                        dict(row=label, col=q, mean=k, sd=(hi - lo) / 2 if pd.notna(lo) else math.nan)
+                    )
                     entry[q] = (k, lo, hi, len(ser), int(ser["tokens"].min()), int(ser["tokens"].max()))
             x = c["crossover"].get((v, p))
             if x:
