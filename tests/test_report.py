@@ -57,6 +57,9 @@ def test_bold_only_when_intervals_disjoint_never_on_ties_and_follows_direction()
     t = Table("t", "c", "tab:t", "arm", ["a_1", "b"], [Col("ap", "M", "M", "value", 1, higher_is_better=False)],
               pd.DataFrame(tie))  # fmt: skip
     assert best_row(t, t.cols[0]) is None  # equal at the printed precision: a tie
+    bound = _table(disjoint)
+    bound.extra["not_ranked"] = ("a_1",)  # a lower bound (the floor) is never the best
+    assert best_row(bound, bound.cols[0]) is None
     none_dir = _table(disjoint, hib=None)
     assert best_row(none_dir, none_dir.cols[0]) is None
 

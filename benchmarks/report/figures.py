@@ -86,7 +86,10 @@ def complexity(ops: pd.DataFrame, out: Path, caption_src: str, width: float = TE
     colour, marker = _palette(names)
     with style():
         fig, axes = plt.subplots(
-            len(quantities), 2, figsize=(width, 1.7 * len(quantities) + 0.3), squeeze=False
+            len(quantities),
+            2,
+            figsize=(width, 1.7 * len(quantities) + (0.9 if width < TEXT_IN else 0.3)),
+            squeeze=False,
         )
         for i, (metric, p, ylabel) in enumerate(quantities):
             for j, (level, g) in enumerate(levels):
@@ -105,10 +108,17 @@ def complexity(ops: pd.DataFrame, out: Path, caption_src: str, width: float = TE
                 ax.set_yscale("log")
                 ax.set_xlabel("tokens N")
                 ax.set_ylabel(ylabel)
-                if i == 0:  # legend above the top panel, never over the data
-                    ax.legend(title=f"{level} level", loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3,
-                              frameon=False, handlelength=1.5, columnspacing=1.0)  # fmt: skip
-        fig.tight_layout()
+                if i == 0:
+                    ax.set_title(f"{level} level")
+        # one legend for both levels, below the panels: never over the data, never over the other legend
+        handles = {}
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        ncol = 4 if width < TEXT_IN else 8
+        fig.tight_layout(rect=(0, 0.15 if width < TEXT_IN else 0.05, 1, 1))
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0), handlelength=1.5, columnspacing=1.0)  # fmt: skip
         return save(fig, out, name)
 
 

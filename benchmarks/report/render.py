@@ -105,7 +105,8 @@ def _finite(x) -> bool:
 def best_row(t: Table, col: Col) -> str | None:
     """The row to set in bold in ``col``, or None.
 
-    The best mean (per ``higher_is_better``) wins only when no other row prints the same mean and its
+    Rows named in ``t.extra["not_ranked"]`` (a lower bound such as the projections-only floor) take no
+    part. The best mean (per ``higher_is_better``) wins only when no other row prints the same mean and its
     interval ``[lo, hi]`` (a point when absent) does not overlap the runner-up's.
     """
     if col.higher_is_better is None or col.style == "text":
@@ -113,7 +114,7 @@ def best_row(t: Table, col: Col) -> str | None:
     vals = []
     for r in t.rows:
         s = _get(t, r, col.key)
-        if s is None or not _finite(s.get("mean")):
+        if s is None or not _finite(s.get("mean")) or r in t.extra.get("not_ranked", ()):
             continue
         m = float(s["mean"])
         lo = float(s["lo"]) if _finite(s.get("lo")) else m
