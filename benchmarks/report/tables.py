@@ -124,7 +124,8 @@ def detection_accuracy(df: pd.DataFrame, reference: str, which: str) -> Table | 
            f"validation set). Bold: the best arm, only when its 95% t interval is disjoint from the runner-up's. "
            f"{provenance(df[df['kind'] == 'detection'])}.")  # fmt: skip
     return Table(name=f"detection_{which}", caption=cap, label=f"tab:detection-{which}", stub="arm",
-                 rows=_arm_order(long["arm"], reference), cols=[_col(m) for m in mets], cells=cells, wide=True)  # fmt: skip
+                 rows=_arm_order(long["arm"], reference), cols=[_col(m) for m in mets], cells=cells, wide=True,
+                 small=True)  # fmt: skip
 
 
 def detection_diffs(df: pd.DataFrame, section: dict) -> tuple[Table | None, pd.DataFrame]:
