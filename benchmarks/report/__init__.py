@@ -146,6 +146,7 @@ def build(results_dir="results", out="reports", readme=None, pdf: bool = True, l
         _write(out / "tables" / f"{name}.tex", to_latex(t))
         rep.markdown[name] = to_markdown(t)
     _write(out / "report.tex", report_tex(rep))
+    _write(out / "build-info.txt", build_info())
     for m in rep.missing:
         log(f"report: missing {m}")
     if pdf:
@@ -187,6 +188,18 @@ def report_tex(rep: Report) -> str:
                   rf"\end{{{env}}}"]  # fmt: skip
     lines += ["", r"\end{document}", ""]
     return "\n".join(lines)
+
+
+def build_info() -> str:
+    """The versions that decide the bytes of figures and the PDF (a rebuild is byte-identical when they match)."""
+    import matplotlib
+    import seaborn
+
+    tex = "none"
+    if shutil.which("pdflatex"):
+        res = subprocess.run(["pdflatex", "--version"], capture_output=True, text=True)
+        tex = (res.stdout.splitlines() or ["unknown"])[0]
+    return f"matplotlib {matplotlib.__version__}\nseaborn {seaborn.__version__}\npandas {pd.__version__}\ntex {tex}\n"
 
 
 def compile_pdf(tex: Path, log=print) -> Path | None:
