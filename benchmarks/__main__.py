@@ -5,6 +5,7 @@
     python -m benchmarks derive --suite cpu [--runs ID ...] [--scope all|published|local] [--readme README.md]
     python -m benchmarks runs [--suite cpu]          # every run: id, machine, status, cells
     python -m benchmarks publish --suite cpu [--run ID]   # copy a complete local run into results/<suite>/
+    python -m benchmarks report [--results-dir results] [--out reports] [--readme README.md] [--no-pdf]
 
 ``run`` writes into this checkout's run of the suite (``results/local/<suite>/<run id>/``): the same
 command on the same machine resumes an interrupted run; otherwise a new run starts. Rows of other
@@ -282,6 +283,22 @@ def _cmd_publish(args, ap) -> int:
     return 0
 
 
+def _cmd_report(args, ap) -> int:
+    from pathlib import Path
+
+    from benchmarks.report import build
+
+    if not Path(args.results_dir).is_dir():
+        ap.error(f"--results-dir {args.results_dir!r} is not a folder; point it at the committed results/")
+    if args.readme and not Path(args.readme).is_file():
+        ap.error(f"--readme {args.readme!r} does not exist; name the README that holds the report markers")
+    try:
+        build(args.results_dir, args.out, args.readme, pdf=not args.no_pdf)
+    except (ValueError, RuntimeError) as exc:
+        ap.error(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
@@ -316,7 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("runs", parents=[common], help="list runs")
     p = sub.add_parser("publish", parents=[common], help="copy a complete local run into results/<suite>/")
     p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
+    rp = sub.add_parser(
+        "report", help="render tables, figures, the claims ledger and report.pdf from the rows"
+    )
+    rp.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
+    rp.add_argument("--out", default="reports", help="output folder (default reports/)")
+    rp.add_argument("--readme", default=None, help="README whose report block is rewritten")
+    rp.add_argument("--no-pdf", action="store_true", help="write the .tex files only, do not run latexmk")
     args = ap.parse_args(argv)
+    if args.cmd == "report":
+        return _cmd_report(args, ap)
     args.suite_given = args.suite is not None
     if (
         args.cmd in ("runs", "publish")
