@@ -157,15 +157,16 @@ def _fmt(value: float, metric: str) -> str:
 
 
 def _ci(lo: float, hi: float, metric: str) -> str:
-    if lo != lo:  # NaN: fewer than two seeds
-        return "[n/a: < 2 seeds]"
-    p = _metrics.get(metric).precision
-    return f"[{lo:+.{p}f}, {hi:+.{p}f}]"
+    from benchmarks import stats
+
+    return stats.interval_text(lo, hi, _metrics.get(metric).precision)
 
 
 def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
     """Markdown per task: arms x metrics (mean ± sd (n)), the 95% t intervals of top-1, the paired
     differences of each control against ToST, and the top-1 verdicts."""
+    from benchmarks import stats
+
     lines = []
     for task, t in s.items():
         desc, diffs, ver = t["describe"], t["diffs"], t["verdicts"]
@@ -175,15 +176,7 @@ def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
                   "| arm | " + " | ".join(_metrics.get(m).label for m in mets) + " | top-1 95% t interval |",
                   "| --- | " + " | ".join("---:" for _ in mets) + " | ---: |"]  # fmt: skip
         for a in arms:
-            cells = []
-            for m in mets:
-                r = desc[(desc["arm"] == a) & (desc["metric"] == m)]
-                if r.empty:
-                    cells.append("-")
-                    continue
-                r = r.iloc[0]
-                sd = _fmt(r["sd"], m) if r["n"] > 1 else "n/a"
-                cells.append(f"{_fmt(r['mean'], m)} ± {sd} ({int(r['n'])})")
+            cells = stats.mean_sd_cells(desc, a, mets, _fmt)
             r = desc[(desc["arm"] == a) & (desc["metric"] == "top1")]
             ci = (
                 "-"
@@ -198,16 +191,7 @@ def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
                       "| control | " + " | ".join(_metrics.get(m).label for m in dm) + " |",
                       "| --- | " + " | ".join("---:" for _ in dm) + " |"]  # fmt: skip
             for a in [x for x in arms if x != t["reference"]]:
-                cells = []
-                for m in dm:
-                    r = diffs[(diffs["arm"] == a) & (diffs["metric"] == m)]
-                    if r.empty:
-                        cells.append("-")
-                        continue
-                    r = r.iloc[0]
-                    p = _metrics.get(m).precision
-                    ph = f", p={r['p_holm']:.2g}" if r.get("p_holm") == r.get("p_holm") else ""
-                    cells.append(f"{r['mean_diff']:+.{p}f} {_ci(r['ci_low'], r['ci_high'], m)}{ph}")
+                cells = stats.difference_cells(diffs, a, dm, lambda m: _metrics.get(m).precision)
                 lines.append(f"| {a} | " + " | ".join(cells) + " |")
         if not ver.empty:
             lines += ["", f"Top-1 verdicts (ROPE ±{t['rope']} top-1, fixed in the suite before any result):", "",

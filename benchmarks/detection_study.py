@@ -171,45 +171,33 @@ SUMMARY_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap
 
 
 def _ci(r) -> str:
-    if r["ci_low"] != r["ci_low"]:  # NaN: fewer than two paired seeds
-        return "[n/a: < 2 seeds]"
-    return f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+    from benchmarks import stats
+
+    return stats.interval_text(r["ci_low"], r["ci_high"], 4)
+
+
+def _fixed(value: float, metric: str) -> str:
+    return f"{value:.{_metrics.get(metric).precision}f}"
 
 
 def summary_markdown(s: dict[str, Any], title: str) -> str:
     """Markdown: arms x metrics (mean +- sd (n)), paired differences against the reference, verdicts."""
+    from benchmarks import stats
+
     desc, diffs, ver = s["describe"], s["diffs"], s["verdicts"]
     mets = [m for m in SUMMARY_METRICS if m in set(desc["metric"])]
     arms = list(dict.fromkeys(desc["arm"]))
     lines = [f"**{title}**", "", "| arm | " + " | ".join(_metrics.get(m).label for m in mets) + " |",
              "| --- | " + " | ".join("---:" for _ in mets) + " |"]  # fmt: skip
     for a in arms:
-        cells = []
-        for m in mets:
-            r = desc[(desc["arm"] == a) & (desc["metric"] == m)]
-            if r.empty:
-                cells.append("-")
-                continue
-            r = r.iloc[0]
-            p = _metrics.get(m).precision
-            sd = f"{r['sd']:.{p}f}" if r["n"] > 1 else "n/a"
-            cells.append(f"{r['mean']:.{p}f} ± {sd} ({int(r['n'])})")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} | " + " | ".join(stats.mean_sd_cells(desc, a, mets, _fixed)) + " |")
     acc = [m for m in mets if _metrics.get(m).unit == "1"]
     if not diffs.empty:
         lines += ["", f"Paired differences against {s['reference']} (mean [95% t interval], Holm-adjusted p where the "
                   "metric is a stratum):", "", "| arm | " + " | ".join(_metrics.get(m).label for m in acc) + " |",
                   "| --- | " + " | ".join("---:" for _ in acc) + " |"]  # fmt: skip
         for a in [x for x in arms if x != s["reference"]]:
-            cells = []
-            for m in acc:
-                r = diffs[(diffs["arm"] == a) & (diffs["metric"] == m)]
-                if r.empty:
-                    cells.append("-")
-                    continue
-                r = r.iloc[0]
-                ph = f", p={r['p_holm']:.2g}" if "p_holm" in r and r["p_holm"] == r["p_holm"] else ""
-                cells.append(f"{r['mean_diff']:+.4f} {_ci(r)}{ph}")
+            cells = stats.difference_cells(diffs, a, acc, lambda m: 4)
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
     if not ver.empty:
         lines += ["", f"Verdicts (ROPE ±{s['rope']} AP, declared in the suite before any result):", "",
