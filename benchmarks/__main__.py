@@ -170,8 +170,18 @@ def _select(args, ap, kind=None):
     return runs, load_rows(runs)
 
 
+def _readme_block(args, ap, marker: str, block: str) -> None:
+    """Replace the README's ``marker`` block with ``block``; a README without the markers is one error line."""
+    from benchmarks.complexity import write_readme_block
+
+    try:
+        write_readme_block(args.readme, marker, block)
+    except ValueError as exc:
+        ap.error(str(exc))
+
+
 def _cmd_derive(args, ap) -> int:
-    from benchmarks.complexity import derive, derived_json, derived_markdown, write_readme_block
+    from benchmarks.complexity import derive, derived_json, derived_markdown
     from benchmarks.store import load_rows, select_runs
 
     runs, df = _select(args, ap, kind=None if args.runs else "complexity")
@@ -210,10 +220,7 @@ def _cmd_derive(args, ap) -> int:
         os.replace(tmp, out)
         print(f"wrote {out}")
     if args.readme and block:
-        try:
-            write_readme_block(args.readme, f"complexity:{args.suite_name}", block)
-        except ValueError as exc:
-            ap.error(str(exc))
+        _readme_block(args, ap, f"complexity:{args.suite_name}", block)
         print(f"updated {args.readme}")
     if has_det:
         from benchmarks import detection_study
@@ -227,10 +234,7 @@ def _cmd_derive(args, ap) -> int:
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
         if args.readme:
-            try:
-                write_readme_block(args.readme, f"detection:{args.suite_name}", block)
-            except ValueError as exc:
-                ap.error(str(exc))
+            _readme_block(args, ap, f"detection:{args.suite_name}", block)
     if has_cls:
         from benchmarks import classification_study
 
@@ -246,10 +250,7 @@ def _cmd_derive(args, ap) -> int:
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
         if args.readme:
-            try:
-                write_readme_block(args.readme, f"classification:{args.suite_name}", block)
-            except ValueError as exc:
-                ap.error(str(exc))
+            _readme_block(args, ap, f"classification:{args.suite_name}", block)
     return 0
 
 
