@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -561,9 +562,10 @@ def train_step_peak_mib(
 
     CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats`` minus what was allocated
     before. CPU: :class:`tssa.utils.memory.LiveTensorTracker` (storages created during the step:
-    activations, autograd's saved tensors, gradients). Gradients are cleared before and after.
+    activations, autograd's saved tensors, gradients); both through
+    :func:`benchmarks.complexity.measure.measure_peak_bytes`. Gradients are cleared before and after.
     """
-    from tssa.utils.memory import LiveTensorTracker
+    from benchmarks.complexity.measure import measure_peak_bytes
 
     x = torch.randn(batch, 3, image_size, image_size, device=device, generator=None)
     y = torch.arange(batch, device=device) % num_classes
@@ -575,17 +577,7 @@ def train_step_peak_mib(
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
     try:
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            with LiveTensorTracker(device) as tracker:
-                step()
-            peak = tracker.peak
+        peak = measure_peak_bytes(step, device)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -614,10 +606,7 @@ def inference_throughput(
     times: list[float] = []
     for _ in range(rounds):
         times.extend(timer.blocked_autorange(min_run_time=min_run_time).times)
-    times.sort()
-    mid = len(times) // 2
-    median = times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
-    return batch / median, len(times)
+    return batch / statistics.median(times), len(times)
 
 
 def run_classification_cell(params: dict[str, Any], workdir: Path | None = None) -> dict[str, float]:
