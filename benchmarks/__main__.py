@@ -1,9 +1,11 @@
 """Command line of the harness.
 
     python -m benchmarks run --suite cpu [--results-dir DIR] [--retry-failed] [--dry-run]
+                             [--executor local|submitit [--partition P] [--account A] [--wait]]
     python -m benchmarks derive --suite cpu [--runs ID ...] [--scope all|published|local] [--readme README.md]
     python -m benchmarks runs [--suite cpu]          # every run: id, machine, status, cells
     python -m benchmarks publish --suite cpu [--run ID]   # copy a complete local run into results/<suite>/
+    python -m benchmarks report [--results-dir results] [--out reports] [--readme README.md] [--no-pdf]
 
 ``run`` writes into this checkout's run of the suite (``results/local/<suite>/<run id>/``): the same
 command on the same machine resumes an interrupted run; otherwise a new run starts. Rows of other
@@ -22,15 +24,19 @@ import time
 
 
 def _plan(suite_name: str, suite: dict, part: str):
-    """Every group of the suite: the complexity sweeps, then the detection study."""
+    """Every group of the suite: the complexity sweeps, the detection study, the classification study."""
     from benchmarks import complexity
 
-    parts = ("operator", "model", "detection") if part == "all" else (part,)
+    parts = ("operator", "model", "detection", "classification") if part == "all" else (part,)
     groups = complexity.plan(suite_name, suite, parts)
     if "detection" in parts and suite.get("detection") is not None:
         from benchmarks import detection_study
 
         groups += detection_study.plan(suite_name, suite)
+    if "classification" in parts and suite.get("classification") is not None:
+        from benchmarks import classification_study
+
+        groups += classification_study.plan(suite_name, suite)
     return groups
 
 
@@ -55,14 +61,21 @@ def _cmd_run(args, ap) -> int:
     import torch
 
     from benchmarks.runner import plan_status, run_groups
+    from benchmarks.scaleout import ScaleOutError, executor_from_args
     from benchmarks.store import list_runs, machine
 
+    try:  # where cells run is not part of the run's identity: the run sees the suite without it
+        args.suite, executor = executor_from_args(args.suite, args)
+    except ScaleOutError as exc:
+        ap.error(str(exc))
     suite = args.suite
     cx = suite.get("complexity") or {}
-    if args.part == "detection" and suite.get("detection") is None:
-        ap.error(f"suite {args.suite_name!r} has no detection section")
+    if args.part in ("detection", "classification") and suite.get(args.part) is None:
+        ap.error(f"suite {args.suite_name!r} has no {args.part} section")
     if args.part in ("operator", "model") and cx.get(args.part) is None:
         ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    if not args.dry_run and suite["device"] == "cuda" and not torch.cuda.is_available():
+        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
     if suite.get("detection") is not None and args.part in ("all", "detection"):
         from benchmarks.data.real import DataError
         from benchmarks.detection import check_data, parse_detection
@@ -71,6 +84,17 @@ def _cmd_run(args, ap) -> int:
             check_data(parse_detection(suite["detection"]))
         except (DataError, ValueError) as exc:
             ap.error(str(exc))
+    data_note = None
+    if suite.get("classification") is not None and args.part in ("all", "classification"):
+        from benchmarks.classification import check_data, parse_classification
+        from benchmarks.data.digits import DataError as ClsDataError
+
+        try:
+            check_data(parse_classification(suite["classification"]))
+        except (ClsDataError, ValueError) as exc:
+            if not args.dry_run:  # no cell runs (and no row is written) when a dataset is missing
+                ap.error(str(exc))
+            data_note = f"note: {exc} (a run would stop here)"
     try:
         groups = _plan(args.suite_name, suite, args.part)
     except ValueError as exc:
@@ -91,9 +115,20 @@ def _cmd_run(args, ap) -> int:
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
+        if data_note:
+            print(data_note)
+        if executor["kind"] == "submitit":
+            from benchmarks.scaleout import describe_submission
+
+            print(describe_submission(executor, run, groups, args.retry_failed, args.suite_name))
         return 0
-    if suite["device"] == "cuda" and not torch.cuda.is_available():
-        ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
+    if executor["kind"] == "submitit":
+        from benchmarks.scaleout import submit_from_cli
+
+        try:
+            return submit_from_cli(args, groups, executor)
+        except ScaleOutError as exc:
+            ap.error(str(exc))
     t0 = time.perf_counter()
     run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
                      device=suite["device"], progress=_progress)  # fmt: skip
@@ -108,6 +143,15 @@ def _cmd_run(args, ap) -> int:
             print(
                 detection_study.summary_markdown(s, f"Detection study, suite {args.suite_name}, run {run.id}")
             )
+    if suite.get("classification") is not None and args.part in ("all", "classification"):
+        from benchmarks import classification_study
+        from benchmarks.store import load_rows
+
+        df = load_rows([run])
+        if not df.empty and (df["kind"] == "classification").any():
+            s = classification_study.summary(df, suite["classification"])
+            title = f"Classification study, suite {args.suite_name}, run {run.id}"
+            print(classification_study.summary_markdown(s, title))
     return 0
 
 
@@ -126,8 +170,18 @@ def _select(args, ap, kind=None):
     return runs, load_rows(runs)
 
 
+def _readme_block(args, ap, marker: str, block: str) -> None:
+    """Replace the README's ``marker`` block with ``block``; a README without the markers is one error line."""
+    from benchmarks.complexity import write_readme_block
+
+    try:
+        write_readme_block(args.readme, marker, block)
+    except ValueError as exc:
+        ap.error(str(exc))
+
+
 def _cmd_derive(args, ap) -> int:
-    from benchmarks.complexity import derive, derived_json, derived_markdown, write_readme_block
+    from benchmarks.complexity import derive, derived_json, derived_markdown
     from benchmarks.store import load_rows, select_runs
 
     runs, df = _select(args, ap, kind=None if args.runs else "complexity")
@@ -137,6 +191,13 @@ def _cmd_derive(args, ap) -> int:
         else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="detection")
     )
     det_df = df if args.runs else load_rows(det_runs)
+    cls_runs = (
+        runs
+        if args.runs
+        else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="classification")
+    )
+    cls_df = df if args.runs else load_rows(cls_runs)
+    has_cls = not cls_df.empty and (cls_df["kind"] == "classification").any()
     op = (args.suite.get("complexity") or {}).get("operator") or {}
     fit_min = args.fit_min_tokens if args.fit_min_tokens is not None else op.get("fit_min_tokens", 1024)
     try:
@@ -144,7 +205,7 @@ def _cmd_derive(args, ap) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     has_det = not det_df.empty and (det_df["kind"] == "detection").any()
-    if not d["configs"] and not d["models"] and not has_det:
+    if not d["configs"] and not d["models"] and not has_det and not has_cls:
         ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free rows to derive from")
     command = f"python -m benchmarks derive --suite {args.suite_name}"
     block = derived_markdown(d, command)
@@ -159,10 +220,7 @@ def _cmd_derive(args, ap) -> int:
         os.replace(tmp, out)
         print(f"wrote {out}")
     if args.readme and block:
-        try:
-            write_readme_block(args.readme, f"complexity:{args.suite_name}", block)
-        except ValueError as exc:
-            ap.error(str(exc))
+        _readme_block(args, ap, f"complexity:{args.suite_name}", block)
         print(f"updated {args.readme}")
     if has_det:
         from benchmarks import detection_study
@@ -170,18 +228,29 @@ def _cmd_derive(args, ap) -> int:
         blocks = []
         for run in det_runs:  # one table per run: rows of different machines are never pooled
             rdf = det_df[det_df["run"] == run.id]
-            if (rdf["kind"] == "detection").any():
-                s = detection_study.summary(rdf, run.record["config"]["detection"])
-                title = (f"Detection study, suite {args.suite_name}, run {run.id} ({run.record['machine']['name']}); "
-                         f"mean ± sd (n seeds)")  # fmt: skip
-                blocks.append(detection_study.summary_markdown(s, title))
+            if (rdf["kind"] == "detection").any():  # every machine named; timings never pooled across devices
+                title = f"Detection study, suite {args.suite_name}, run {run.id}"
+                blocks += detection_study.run_blocks(rdf, run.record["config"]["detection"], title)
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
         if args.readme:
-            try:
-                write_readme_block(args.readme, f"detection:{args.suite_name}", block)
-            except ValueError as exc:
-                ap.error(str(exc))
+            _readme_block(args, ap, f"detection:{args.suite_name}", block)
+    if has_cls:
+        from benchmarks import classification_study
+
+        blocks = []
+        for run in cls_runs:  # one table per run: rows of different machines are never pooled
+            rdf = cls_df[cls_df["run"] == run.id]
+            if (rdf["kind"] == "classification").any():
+                s = classification_study.summary(rdf, run.record["config"]["classification"])
+                title = (f"Classification study, suite {args.suite_name}, run {run.id} "
+                         f"({run.record['machine']['name']}); mean ± sd (n seeds)")  # fmt: skip
+                blocks.append(classification_study.summary_markdown(s, title))
+        blocks.append(classification_study.paper_markdown())
+        block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
+        print(block)
+        if args.readme:
+            _readme_block(args, ap, f"classification:{args.suite_name}", block)
     return 0
 
 
@@ -215,6 +284,22 @@ def _cmd_publish(args, ap) -> int:
     return 0
 
 
+def _cmd_report(args, ap) -> int:
+    from pathlib import Path
+
+    from benchmarks.report import build
+
+    if not Path(args.results_dir).is_dir():
+        ap.error(f"--results-dir {args.results_dir!r} is not a folder; point it at the committed results/")
+    if args.readme and not Path(args.readme).is_file():
+        ap.error(f"--readme {args.readme!r} does not exist; name the README that holds the report markers")
+    try:
+        build(args.results_dir, args.out, args.readme, pdf=not args.no_pdf)
+    except (ValueError, RuntimeError) as exc:
+        ap.error(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
@@ -226,11 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--suite", default=None, help="embedded suite name (cpu, gpu) or a .yaml path")
     common.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     r = sub.add_parser("run", parents=[common], help="run a suite's cells into this machine's run (resumes)")
-    r.add_argument("--part", choices=["operator", "model", "detection", "all"], default="all")
+    r.add_argument(
+        "--part", choices=["operator", "model", "detection", "classification", "all"], default="all"
+    )
     r.add_argument("--retry-failed", action="store_true", help="run failed cells of the latest run again")
     r.add_argument(
         "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"
     )
+    r.add_argument(
+        "--executor", choices=["local", "submitit"], default=None,
+        help="local: in this process (default); submitit: one array job over the groups (suite section executor:)",
+    )  # fmt: skip
+    r.add_argument("--partition", default=None, help="SLURM partition (overrides executor.partition)")
+    r.add_argument("--account", default=None, help="SLURM account (overrides executor.account)")
+    r.add_argument("--wait", action="store_true", help="with submitit: wait for the jobs and close the run")
     d = sub.add_parser("derive", parents=[common], help="slopes, crossovers and ratios from selected runs")
     d.add_argument("--runs", nargs="+", default=None, help="run ids (default: latest complete per machine)")
     d.add_argument("--scope", choices=["all", "published", "local"], default="all")
@@ -240,7 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("runs", parents=[common], help="list runs")
     p = sub.add_parser("publish", parents=[common], help="copy a complete local run into results/<suite>/")
     p.add_argument("--run", default=None, help="run id (default: the latest complete local run)")
+    rp = sub.add_parser(
+        "report", help="render tables, figures, the claims ledger and report.pdf from the rows"
+    )
+    rp.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
+    rp.add_argument("--out", default="reports", help="output folder (default reports/)")
+    rp.add_argument("--readme", default=None, help="README whose report block is rewritten")
+    rp.add_argument("--no-pdf", action="store_true", help="write the .tex files only, do not run latexmk")
     args = ap.parse_args(argv)
+    if args.cmd == "report":
+        return _cmd_report(args, ap)
     args.suite_given = args.suite is not None
     if (
         args.cmd in ("runs", "publish")

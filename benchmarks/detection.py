@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import re
 import shutil
 import statistics
@@ -494,12 +494,38 @@ def _latency(model, imgsz: int, device: str, rounds: int, min_run_time: float) -
     return statistics.median(times) * 1e3, len(times)
 
 
+def torch_device(device: str) -> str:
+    """The torch device of an Ultralytics ``device`` string (the first GPU of a DDP list).
+
+    >>> torch_device("cpu"), torch_device("0"), torch_device("2,3"), torch_device("cuda:1")
+    ('cpu', 'cuda:0', 'cuda:2', 'cuda:1')
+    """
+    d = device.strip().lower().strip("[]")
+    if d in ("cpu", "mps"):
+        return d
+    d = d.removeprefix("cuda:").removeprefix("cuda").split(",")[0].strip()
+    return f"cuda:{d or 0}"
+
+
+def _epoch_times_from_csv(path: Path) -> list[float]:
+    """Per-epoch wall times from Ultralytics' ``results.csv`` (its ``time`` column is the time since
+    training (re)started; a drop marks a resume)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        t = [float(r["time"]) for r in csv.DictReader(fh) if r.get("time")]
+    return [b - a if b >= a else b for a, b in zip([0.0, *t[:-1]], t)]
+
+
 def run_detection_cell(
     params: dict[str, Any],
     workdir: Path,
     *,
     data_dir: Path | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Train and evaluate one cell of :func:`detection_cells`; returns ``{metric: value}`` (see :data:`DETECTION_METRICS`).
 
@@ -508,6 +534,13 @@ def run_detection_cell(
     (default ``workdir / "data"``). ``on_epoch(epoch, epochs, seconds)`` is called after every training
     epoch (1-based epoch, that epoch's wall time). The same params on the same machine give identical accuracy
     metrics (:data:`ACCURACY_METRICS`).
+
+    ``resume`` (a requeued cluster job): continue training from ``workdir/train/weights/last.pt``
+    (Ultralytics ``resume``; saved after every epoch, so at most the epoch in progress is lost), or
+    only evaluate when that training had finished; without ``last.pt`` the cell trains from scratch.
+    Per-epoch times are kept in ``workdir/epoch_times.json`` so ``train_time_s`` counts every epoch
+    once. A ``train.device`` such as ``"0,1,2,3"`` trains through Ultralytics' own DDP (it starts
+    ``torch.distributed.run`` itself); evaluation and latency then use the first of those GPUs.
     """
     from tssa.offline import TRAIN_DEFAULTS, configure_offline
 
@@ -523,30 +556,45 @@ def run_detection_cell(
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data_yaml, gt_json = prepare_data(params["data"], Path(data_dir) if data_dir else workdir / "data")
-    for sub in ("train", "val"):
+    last = workdir / "train" / "weights" / "last.pt"
+    resume = resume and last.is_file()
+    for sub in ("val",) if resume else ("train", "val"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
+    times_file = workdir / "epoch_times.json"
     tr, ev, lat = params["train"], params["eval"], params["latency"]
     device = tr["device"]
+    first = torch_device(device)
     threads_before = torch.get_num_threads()
     if tr.get("threads"):
         torch.set_num_threads(tr["threads"])
 
-    model = YOLO(tu.model_yaml(params["variant"], params["scale"]))
-    epoch_times: list[float] = []
+    finished = False
+    if resume:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        finished = ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None  # stripped: training ended
+        model = YOLO(str(last))
+    else:
+        times_file.unlink(missing_ok=True)
+        model = YOLO(tu.model_yaml(params["variant"], params["scale"]))
+    epoch_times: list[float] = json.loads(times_file.read_text()) if resume and times_file.is_file() else []
     peak: dict[str, Any] = {}
 
     def epoch_start(trainer):
         peak["t0"] = time.perf_counter()
+        del epoch_times[trainer.epoch :]  # a resumed epoch replaces the one that was cut short
 
     def epoch_end(trainer):
         epoch_times.append(time.perf_counter() - peak.pop("t0"))
+        if int(os.environ.get("RANK", -1)) not in (-1, 0):  # under DDP the callbacks run in every rank
+            return
+        times_file.write_text(json.dumps(epoch_times))
         if on_epoch is not None:
-            on_epoch(len(epoch_times), params["epochs"], epoch_times[-1])
+            on_epoch(trainer.epoch + 1, params["epochs"], epoch_times[-1])
 
     def batch_start(trainer):
         if "bytes" in peak or "tracker" in peak:
             return
-        if device.startswith("cuda") or device.isdigit():
+        if first.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             peak["base"] = torch.cuda.memory_allocated()
@@ -593,14 +641,22 @@ def run_detection_cell(
     )
     if tr.get("pretrained"):
         args["pretrained"] = tr["pretrained"]
+    if resume:  # the checkpoint carries every other argument; these may differ on the new node
+        args = {"resume": True, "data": args["data"], "device": device, "workers": tr["workers"],
+                "batch": params["batch"], "imgsz": params["imgsz"], "verbose": False}  # fmt: skip
     try:
-        model.train(**args)
+        if not finished:
+            model.train(**args)
+        if times_file.is_file():  # every epoch's time, written by this process or (DDP) by rank 0
+            epoch_times[:] = json.loads(times_file.read_text())
+        elif not epoch_times:  # no callback ran here: Ultralytics' own log
+            epoch_times[:] = _epoch_times_from_csv(workdir / "train" / "results.csv")
         weights = workdir / "train" / "weights" / "best.pt"
         if not weights.is_file():
             weights = workdir / "train" / "weights" / "last.pt"
         trained = YOLO(str(weights))
         val_args = {k: v for k, v in TRAIN_DEFAULTS.items() if k != "deterministic"}
-        val_args.update(device=device, workers=tr["workers"])
+        val_args.update(device=first.removeprefix("cuda:"), workers=tr["workers"])
         val = trained.val(
             data=str(data_yaml),
             imgsz=params["imgsz"],
@@ -634,13 +690,14 @@ def run_detection_cell(
         net = trained.model.float()
         out["params"] = float(count_params(net))
         out["gflops"] = float(model_gflops(net, params["imgsz"]))  # the project's FLOP convention
-        fused = YOLO(str(weights)).model.float().fuse().eval().to("cuda" if device.isdigit() else device)
+        fused = YOLO(str(weights)).model.float().fuse().eval().to(first)
         out["latency_ms"], n = _latency(
             fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"]
         )
         out["latency_samples"] = float(n)
         out["train_time_s"] = float(sum(epoch_times))
-        out["train_peak_mib"] = float(peak.get("bytes", math.nan)) / 2**20
+        if "bytes" in peak:  # not measured here when DDP trained in child processes
+            out["train_peak_mib"] = float(peak["bytes"]) / 2**20
     finally:
         if "tracker" in peak and peak["tracker"] is not None:
             peak.pop("tracker").__exit__(None, None, None)

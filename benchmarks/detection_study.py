@@ -4,7 +4,8 @@ Each (arm, seed) of a suite's ``detection:`` section (:mod:`benchmarks.detection
 kind ``detection``, executed alone by :func:`benchmarks.detection.run_detection_cell` (Ultralytics'
 own ``train`` and ``val``, pycocotools on ``predictions.json``). Training artefacts go to the run's
 ``artifacts/<cell hash>/`` (never published); generated data are made once per run under
-``artifacts/data``. Every returned metric becomes a row (unit from the registry); a metric that
+``artifacts/data``. A cell that a requeued cluster job executes again (:attr:`Context.resume`)
+continues training from its own ``last.pt`` there. Every returned metric becomes a row (unit from the registry); a metric that
 has no value (a stratum without ground truth) becomes a row with an ``error`` saying so.
 
 :func:`summary` turns the rows of selected runs into the study's tables: per arm and metric the
@@ -88,7 +89,9 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
             ctx.log(f"{bar} ({cell['variant']} seed {cell['seed']}, {seconds:.1f} s/epoch)")
 
         try:
-            values = run_detection_cell(params, workdir, data_dir=data_dir, on_epoch=on_epoch)
+            values = run_detection_cell(
+                params, workdir, data_dir=data_dir, on_epoch=on_epoch, resume=cell.id in ctx.resume
+            )
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}
         rows = []
@@ -128,50 +131,73 @@ def summary(df, section: dict[str, Any]) -> dict[str, Any]:
     return {"describe": desc, "diffs": diffs, "verdicts": ver, "reference": sec.reference, "rope": sec.rope}
 
 
+def run_blocks(rdf, section: dict[str, Any], title: str) -> list[str]:
+    """Markdown blocks of one run's detection rows, every machine named.
+
+    Rows of one device: one summary (:func:`summary`). Rows of several devices (a cluster sweep
+    over nodes with different GPUs): one summary of the device-independent metrics (accuracy,
+    counts) over every node, then per device a table of the device-bound metrics (times, memory:
+    :func:`benchmarks.metrics.device_bound`) of that device's rows only; they are never pooled.
+    """
+    import pandas as pd
+
+    from benchmarks import stats
+
+    rdf = rdf[rdf["kind"] == KIND]
+    if "prov.device_name" not in rdf.columns:
+        rdf = rdf.assign(**{"prov.device_name": None})
+    keys = ["machine", "machine_name", "prov.device_name"]
+    nodes = rdf[keys].drop_duplicates().fillna("?").values.tolist()
+    if len(nodes) <= 1:
+        where = f" ({nodes[0][1]})" if nodes else ""
+        return [summary_markdown(summary(rdf, section), f"{title}{where}; mean ± sd (n seeds)")]
+    bound = rdf["metric"].map(_metrics.device_bound)
+    named = "; ".join(f"{n} [{m}], {d}" for m, n, d in nodes)
+    blocks = [summary_markdown(summary(rdf[~bound], section),
+                               f"{title}, rows of {len(nodes)} machines ({named}); device-independent metrics, "
+                               "mean ± sd (n seeds)")]  # fmt: skip
+    ok = rdf[bound & rdf["error"].isna()].rename(columns={"variant": "arm"})
+    for (m, n, d), g in ok.fillna({"prov.device_name": "?"}).groupby(keys, sort=True):
+        s = {"describe": stats.describe(g[["arm", "seed", "metric", "value"]]), "diffs": pd.DataFrame(),
+             "verdicts": pd.DataFrame(), "reference": section.get("reference"), "rope": section.get("rope")}  # fmt: skip
+        blocks.append(
+            summary_markdown(s, f"{title}: times and memory on {d} ({n} [{m}]) only; mean ± sd (n seeds)")
+        )
+    return blocks
+
+
 SUMMARY_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap_occ_none", "ap_occ_partial",
                    "ap_occ_heavy", "ul_map50_95", "params", "gflops", "latency_ms", "train_time_s", "train_peak_mib")  # fmt: skip
 
 
 def _ci(r) -> str:
-    if r["ci_low"] != r["ci_low"]:  # NaN: fewer than two paired seeds
-        return "[n/a: < 2 seeds]"
-    return f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+    from benchmarks import stats
+
+    return stats.interval_text(r["ci_low"], r["ci_high"], 4)
+
+
+def _fixed(value: float, metric: str) -> str:
+    return f"{value:.{_metrics.get(metric).precision}f}"
 
 
 def summary_markdown(s: dict[str, Any], title: str) -> str:
     """Markdown: arms x metrics (mean +- sd (n)), paired differences against the reference, verdicts."""
+    from benchmarks import stats
+
     desc, diffs, ver = s["describe"], s["diffs"], s["verdicts"]
     mets = [m for m in SUMMARY_METRICS if m in set(desc["metric"])]
     arms = list(dict.fromkeys(desc["arm"]))
     lines = [f"**{title}**", "", "| arm | " + " | ".join(_metrics.get(m).label for m in mets) + " |",
              "| --- | " + " | ".join("---:" for _ in mets) + " |"]  # fmt: skip
     for a in arms:
-        cells = []
-        for m in mets:
-            r = desc[(desc["arm"] == a) & (desc["metric"] == m)]
-            if r.empty:
-                cells.append("-")
-                continue
-            r = r.iloc[0]
-            p = _metrics.get(m).precision
-            sd = f"{r['sd']:.{p}f}" if r["n"] > 1 else "n/a"
-            cells.append(f"{r['mean']:.{p}f} ± {sd} ({int(r['n'])})")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} | " + " | ".join(stats.mean_sd_cells(desc, a, mets, _fixed)) + " |")
     acc = [m for m in mets if _metrics.get(m).unit == "1"]
     if not diffs.empty:
         lines += ["", f"Paired differences against {s['reference']} (mean [95% t interval], Holm-adjusted p where the "
                   "metric is a stratum):", "", "| arm | " + " | ".join(_metrics.get(m).label for m in acc) + " |",
                   "| --- | " + " | ".join("---:" for _ in acc) + " |"]  # fmt: skip
         for a in [x for x in arms if x != s["reference"]]:
-            cells = []
-            for m in acc:
-                r = diffs[(diffs["arm"] == a) & (diffs["metric"] == m)]
-                if r.empty:
-                    cells.append("-")
-                    continue
-                r = r.iloc[0]
-                ph = f", p={r['p_holm']:.2g}" if "p_holm" in r and r["p_holm"] == r["p_holm"] else ""
-                cells.append(f"{r['mean_diff']:+.4f} {_ci(r)}{ph}")
+            cells = stats.difference_cells(diffs, a, acc, lambda m: 4)
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
     if not ver.empty:
         lines += ["", f"Verdicts (ROPE ±{s['rope']} AP, declared in the suite before any result):", "",

@@ -73,6 +73,19 @@ def get(name: str) -> Metric:
         ) from None
 
 
+DEVICE_UNITS = ("ms", "s", "MiB", "tokens/s", "images/s", "GB/s")  # time, memory, throughput
+
+
+def device_bound(name: str) -> bool:
+    """Whether a metric measures the device it ran on (time, memory, throughput: its unit is in
+    :data:`DEVICE_UNITS`); such numbers are never pooled across devices.
+
+    >>> device_bound("latency_ms"), device_bound("flops_torch")
+    (True, False)
+    """
+    return get(name).unit in DEVICE_UNITS
+
+
 def unit(name: str) -> str:
     """The unit string of a registered metric."""
     return get(name).unit

@@ -68,6 +68,8 @@ class Context:
     run: Run | None
     log: Callable[..., None] = print
     cache: dict[str, Any] = field(default_factory=dict)
+    # cells that continue from their own last checkpoint (executed again by a requeued cluster job)
+    resume: frozenset[str] = frozenset()
 
     def row(self, cell: Cell, metric: str, value: float | None, error: str | None = None, **extra) -> dict:
         """A validated row of ``cell`` (unit from the metric registry)."""
@@ -124,7 +126,8 @@ def _todo(cell: Cell, status, retry_failed: bool) -> bool:
     if st.event == "failed":
         interrupted = (st.reason or "").startswith("interrupted")
         return retry_failed or (interrupted and st.attempt < MAX_INTERRUPTED)
-    return True  # "started" by a live worker is filtered by reap(); anything else runs
+    # still "started" after reap(): a live worker (another process, a cluster job) has it
+    return st.event != "started"
 
 
 def plan_status(run: Run | None, groups: list[Group], retry_failed: bool = False) -> list[tuple[Cell, str]]:
@@ -136,6 +139,33 @@ def plan_status(run: Run | None, groups: list[Group], retry_failed: bool = False
             st = status.get(c.id)
             out.append((c, "todo" if _todo(c, status, retry_failed) else st.event))
     return out
+
+
+def execute_group(
+    run: Run, group: Group, cells: list[Cell], ctx: Context, extra: dict[str, Any] | None = None
+) -> None:
+    """Execute ``cells`` of ``group`` into ``run``: ``started``, then ``finished`` with the rows
+    (each updated with ``extra`` columns), ``failed`` or ``skipped``; an exception in the group's
+    ``execute`` fails every one of its cells with the exception's first line."""
+    log = ctx.log
+    attempts = {c.id: run.start_cell(c.id) for c in cells}
+    try:
+        outcomes = group.execute(cells, ctx)
+    except Exception as exc:  # a failing group is recorded, never a crash of the run
+        why = reason(exc)
+        log(f"  group {group.label or cells[0].id}: {why}")
+        log("".join(traceback.format_exception_only(type(exc), exc)).strip())
+        outcomes = {c.id: Outcome(failed=why) for c in cells}
+    for c in cells:
+        out = outcomes.get(c.id) or Outcome(failed="the executor returned no outcome for this cell")
+        if out.rows is not None:
+            run.finish_cell(c.id, attempts[c.id], [{**r, **(extra or {})} for r in out.rows])
+        elif out.skipped is not None:
+            run.fail_cell(c.id, attempts[c.id], out.skipped, event="skipped")
+            log(f"  {c.id}: skipped: {out.skipped}")
+        else:
+            run.fail_cell(c.id, attempts[c.id], out.failed or "failed")
+            log(f"  {c.id}: failed: {out.failed}")
 
 
 def run_groups(
@@ -165,24 +195,7 @@ def run_groups(
     for g, cells in zip(groups, todo_groups):
         if not cells:
             continue
-        attempts = {c.id: run.start_cell(c.id) for c in cells}
-        try:
-            outcomes = g.execute(cells, ctx)
-        except Exception as exc:  # a failing group is recorded, never a crash of the run
-            why = reason(exc)
-            log(f"  group {g.label or cells[0].id}: {why}")
-            log("".join(traceback.format_exception_only(type(exc), exc)).strip())
-            outcomes = {c.id: Outcome(failed=why) for c in cells}
-        for c in cells:
-            out = outcomes.get(c.id) or Outcome(failed="the executor returned no outcome for this cell")
-            if out.rows is not None:
-                run.finish_cell(c.id, attempts[c.id], out.rows)
-            elif out.skipped is not None:
-                run.fail_cell(c.id, attempts[c.id], out.skipped, event="skipped")
-                log(f"  {c.id}: skipped: {out.skipped}")
-            else:
-                run.fail_cell(c.id, attempts[c.id], out.failed or "failed")
-                log(f"  {c.id}: failed: {out.failed}")
+        execute_group(run, g, cells, ctx)
         done += len(cells)
         if progress is not None:
             progress(done, total, cells[-1].id)

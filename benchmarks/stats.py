@@ -256,3 +256,43 @@ def verdicts(
             )
         )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ Markdown cells of the study summaries
+def interval_text(lo: float, hi: float, digits: int) -> str:
+    """``[lo, hi]`` with signs at ``digits`` decimals; ``[n/a: < 2 seeds]`` when the interval is NaN."""
+    if lo != lo:  # NaN: fewer than two (paired) seeds
+        return "[n/a: < 2 seeds]"
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def mean_sd_cells(desc: pd.DataFrame, arm: str, metrics: Iterable[str], fmt) -> list[str]:
+    """One arm's ``mean ± sd (n)`` per metric from a :func:`describe` frame: ``-`` where the arm has
+    no value, sd ``n/a`` from a single seed; ``fmt(value, metric)`` formats the mean and the sd."""
+    cells = []
+    for m in metrics:
+        r = desc[(desc["arm"] == arm) & (desc["metric"] == m)]
+        if r.empty:
+            cells.append("-")
+            continue
+        r = r.iloc[0]
+        sd = fmt(r["sd"], m) if r["n"] > 1 else "n/a"
+        cells.append(f"{fmt(r['mean'], m)} ± {sd} ({int(r['n'])})")
+    return cells
+
+
+def difference_cells(diffs: pd.DataFrame, arm: str, metrics: Iterable[str], digits) -> list[str]:
+    """One arm's paired difference per metric from a :func:`paired_differences` frame:
+    ``mean [95% t interval]`` at ``digits(metric)`` decimals, with ``, p=`` the Holm-adjusted p where
+    :func:`holm` gave one; ``-`` where the arm has no value."""
+    cells = []
+    for m in metrics:
+        r = diffs[(diffs["arm"] == arm) & (diffs["metric"] == m)]
+        if r.empty:
+            cells.append("-")
+            continue
+        r = r.iloc[0]
+        d = digits(m)
+        ph = f", p={r['p_holm']:.2g}" if "p_holm" in r and r["p_holm"] == r["p_holm"] else ""
+        cells.append(f"{r['mean_diff']:+.{d}f} {interval_text(r['ci_low'], r['ci_high'], d)}{ph}")
+    return cells

@@ -52,7 +52,7 @@ import shutil
 import socket
 import subprocess
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -82,6 +82,7 @@ _PACKAGES = (
 )  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "local"
+JOB_ENV = "TSSA_BENCH_JOB"  # set by a cluster worker: its job, recorded in every event it writes
 ARTIFACTS = "artifacts"  # a run's training artefacts (weights, logs): never published, never in git
 
 
@@ -300,6 +301,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def worker_gone(st: CellStatus) -> bool:
+    """Whether the worker that wrote ``st`` (a ``started`` event) has ended.
+
+    This process never counts as a live worker of an earlier event; a cluster job is asked about
+    through :func:`benchmarks.scaleout.job_gone`; a pid on this host is gone when it is dead.
+    """
+    if st.job:
+        from benchmarks.scaleout import job_gone
+
+        return job_gone(st.job, st.host)
+    if st.host == socket.gethostname() and st.pid not in (None, os.getpid()):
+        return not _pid_alive(st.pid)
+    return True
+
+
 @dataclass
 class CellStatus:
     """The latest state of one cell in a run."""
@@ -310,6 +326,7 @@ class CellStatus:
     reason: str | None = None
     host: str | None = None
     pid: int | None = None
+    job: str | None = None  # the cluster job that wrote the event (``slurm:<id>``, ``local:<id>``), if any
 
 
 class Run:
@@ -384,6 +401,7 @@ class Run:
             "time": _now(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "job": os.environ.get(JOB_ENV) or None,
         }
 
     def start_cell(self, cell: str) -> int:
@@ -423,20 +441,22 @@ class Run:
                     rec.get("reason"),
                     rec.get("host"),
                     rec.get("pid"),
+                    rec.get("job"),
                 )
         return out
 
-    def reap(self) -> list[str]:
-        """Mark cells that started and never finished as failed (their process is gone); return them.
+    def reap(self, gone: Callable[[CellStatus], bool] | None = None) -> list[str]:
+        """Mark cells that started and never finished as failed (their worker is gone); return them.
 
-        A cell claimed by a live process on this host (another worker) is left alone.
+        ``gone(status)`` tells whether the worker that started a cell has ended; by default
+        (:func:`worker_gone`) a process on this host is gone when its pid is dead, a cluster job
+        (the event names it) when the cluster says it ended, and a process on another host without
+        a job is presumed gone (nothing else could have written it). A live worker's cell is left alone.
         """
-        host, me = socket.gethostname(), os.getpid()
+        gone = gone or worker_gone
         reaped = []
         for st in self.status().values():
-            if st.event != "started":
-                continue
-            if st.host == host and st.pid not in (None, me) and _pid_alive(st.pid):
+            if st.event != "started" or not gone(st):
                 continue
             self.fail_cell(
                 st.cell, st.attempt, "interrupted: started and never finished (the process was killed, "
@@ -532,7 +552,8 @@ def select_runs(
 
 def load_rows(runs: Iterable[Run]):
     """The rows of ``runs`` as one pandas DataFrame, each row joined with its run's provenance
-    (``prov.*``, ``machine``, ``machine_name``)."""
+    (``prov.*``, ``machine``, ``machine_name``). A row written by a cluster worker keeps the
+    ``machine``, ``machine_name`` and ``device_name`` of the node that measured it."""
     import pandas as pd
 
     frames = []
@@ -545,8 +566,11 @@ def load_rows(runs: Iterable[Run]):
         for k, v in rec["provenance"].items():
             if not isinstance(v, dict):
                 df[f"prov.{k}"] = v
-        df["machine"] = rec["machine"]["id"]
-        df["machine_name"] = rec["machine"]["name"]
+        # rows a cluster worker wrote name their own machine and device (one run, many nodes)
+        for col, default in (("machine", rec["machine"]["id"]), ("machine_name", rec["machine"]["name"])):
+            df[col] = df[col].fillna(default) if col in df.columns else default
+        if "device_name" in df.columns:
+            df["prov.device_name"] = df["device_name"].fillna(df["prov.device_name"])
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=[*ROW_KEYS, "run"])

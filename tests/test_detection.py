@@ -175,3 +175,35 @@ def test_missing_data_yaml_is_one_clear_line(tmp_path):
         check_data(s)
     assert "\n" not in str(e.value) and "VOC.yaml" in str(e.value) and "not found" in str(e.value)
     check_data(parse_detection(BASE))  # generated data: nothing to check
+
+
+class _Killed(BaseException):
+    """Stands for the end of a process (pre-emption), raised from inside Ultralytics' epoch loop."""
+
+
+def test_a_requeued_cell_resumes_training_from_its_own_last_checkpoint(tmp_path):
+    (cell,) = detection_cells(parse_detection({**TINY, "train": {**TINY["train"], "epochs": 3}}))
+    seen: list[int] = []
+
+    def killed_after_second_epoch(epoch, epochs, seconds):
+        seen.append(epoch)
+        if epoch == 2:  # last.pt of epoch 2 is not written yet: the resumed job repeats that epoch
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_detection_cell(
+            cell, tmp_path / "w", data_dir=tmp_path / "data", on_epoch=killed_after_second_epoch
+        )
+    assert seen == [1, 2] and (tmp_path / "w" / "train" / "weights" / "last.pt").is_file()
+    seen.clear()
+    out = run_detection_cell(cell, tmp_path / "w", data_dir=tmp_path / "data", on_epoch=lambda e, n, s: seen.append(e),
+                             resume=True)  # fmt: skip
+    assert seen == [2, 3]  # epoch 1 was not trained again; at most the epoch in progress was lost
+    times = json.loads((tmp_path / "w" / "epoch_times.json").read_text())
+    assert len(times) == 3 and out["train_time_s"] == pytest.approx(sum(times))
+    assert set(ACCURACY_METRICS) <= set(out) and out["params"] > 2e6
+    # a finished training is only evaluated again, never retrained
+    seen.clear()
+    again = run_detection_cell(cell, tmp_path / "w", data_dir=tmp_path / "data", on_epoch=lambda e, n, s: seen.append(e),
+                               resume=True)  # fmt: skip
+    assert seen == [] and again["map50_95"] == out["map50_95"]

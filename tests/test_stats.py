@@ -111,3 +111,29 @@ def test_verdicts_from_a_table():
     assert v.loc["small", "p_adj"] == pytest.approx(2 * min(d["p_value"]))  # Holm: smallest of 2 times 2
     with pytest.raises(ValueError, match="no paired difference for arm 'tssa' and metric 'ap_medium'"):
         verdicts(d, [{"name": "m", "arm": "tssa", "metric": "ap_medium"}], rope=0.005)
+
+
+def test_markdown_cells_of_the_study_summaries():
+    from benchmarks.stats import difference_cells, interval_text, mean_sd_cells
+
+    desc = pd.DataFrame(
+        [
+            {"arm": "a", "metric": "m", "mean": 0.5, "sd": 0.25, "n": 3},
+            {"arm": "a", "metric": "k", "mean": 2.0, "sd": float("nan"), "n": 1},
+        ]
+    )
+    fmt = lambda v, m: f"{v:.2f}"  # noqa: E731
+    assert mean_sd_cells(desc, "a", ["m", "k", "z"], fmt) == ["0.50 ± 0.25 (3)", "2.00 ± n/a (1)", "-"]
+    diffs = pd.DataFrame(
+        [
+            {"arm": "b", "metric": "m", "mean_diff": 0.125, "ci_low": -0.5, "ci_high": 0.75, "p_holm": 0.0312},
+            {"arm": "b", "metric": "k", "mean_diff": -1.0, "ci_low": float("nan"), "ci_high": float("nan"),
+             "p_holm": float("nan")},
+        ]
+    )  # fmt: skip
+    assert difference_cells(diffs, "b", ["m", "k", "z"], lambda m: 3) == [
+        "+0.125 [-0.500, +0.750], p=0.031",
+        "-1.000 [n/a: < 2 seeds]",
+        "-",
+    ]
+    assert interval_text(-0.5, 0.75, 1) == "[-0.5, +0.8]"

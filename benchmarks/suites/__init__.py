@@ -6,8 +6,10 @@ not path-safe, a custom file that reuses an embedded suite's name and variant na
 knows are refused with one line naming the key and the allowed values (:class:`SuiteError`).
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
-``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep)
-and ``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`).
+``timeout_s``, and sections: ``complexity`` (``operator`` token sweep, ``model`` image-size sweep),
+``detection`` (its schema: :class:`benchmarks.detection.DetectionSection`), ``classification``
+(its schema: :class:`benchmarks.classification.ClassificationSection`) and ``executor`` (where the
+cells run: :class:`ExecutorSection`; absent = in this process).
 
 >>> suite = load_suite("cpu")
 >>> suite["device"], suite["complexity"]["operator"]["dim"]
@@ -129,6 +131,27 @@ class ComplexitySection(_Strict):
     model: ModelSection | None = None
 
 
+class ExecutorSection(_Strict):
+    """Where the cells execute: ``local`` (in this process, one group at a time) or ``submitit``
+    (one array job over the groups through submitit: SLURM, or local subprocesses with
+    ``cluster: local``). Not part of a run's identity: the same cells give the same run either way."""
+
+    kind: Literal["local", "submitit"] = "local"
+    cluster: Literal["slurm", "local"] = "slurm"
+    partition: str | None = None  # SLURM partition (None: the cluster's default)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None  # e.g. one GPU type, so that every row of the run has the same device
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int = Field(60, ge=1)  # per job; a longer cell requeues itself and resumes
+    array_parallelism: int = Field(32, ge=1)  # array tasks running at once
+    max_num_timeout: int = Field(20, ge=0)  # time-limit requeues per task before it fails
+    signal_delay_s: int = Field(120, ge=1)  # the pre-emption signal comes this long before the limit
+    folder: str | None = None  # submitit's job files and logs (default: <run>/submitit)
+
+
 class Suite(_Strict):
     name: str
     device: Literal["cpu", "cuda"] = "cpu"
@@ -139,6 +162,7 @@ class Suite(_Strict):
     complexity: ComplexitySection | None = None
     detection: dict | None = None
     classification: dict | None = None
+    executor: ExecutorSection | None = None
 
     @field_validator("name")
     @classmethod
@@ -153,13 +177,32 @@ class Suite(_Strict):
             from benchmarks.detection import parse_detection
 
             self.detection = parse_detection(self.detection).model_dump()
-        for sec in ("classification",):
-            if getattr(self, sec) is not None:
+        if self.executor is not None and self.executor.kind == "submitit" and self.detection is not None:
+            gpus = gpu_count(self.detection["train"]["device"])
+            if self.executor.cluster == "slurm" and gpus > self.executor.gpus_per_node:
                 raise ValueError(
-                    f"the {sec!r} section is not supported by this version of the harness; remove it "
-                    "(supported sections: complexity, detection)"
+                    f"executor.gpus_per_node is {self.executor.gpus_per_node} but detection.train.device "
+                    f"{self.detection['train']['device']!r} uses {gpus} GPU(s); set gpus_per_node: {gpus}"
                 )
+        if self.classification is not None:
+            from benchmarks.classification import parse_classification
+
+            self.classification = parse_classification(self.classification).model_dump(mode="json")
         return self
+
+
+def gpu_count(device: str) -> int:
+    """GPUs an Ultralytics ``device`` string names: ``"cpu"`` 0, ``"0"`` 1, ``"0,1,2,3"`` 4 (DDP).
+
+    >>> gpu_count("cpu"), gpu_count("0"), gpu_count("0,1,2,3"), gpu_count("cuda:1")
+    (0, 1, 4, 1)
+    """
+    d = device.strip().lower().removeprefix("cuda:")
+    if d in ("cpu", "mps", ""):
+        return 0
+    if d == "cuda":
+        return 1
+    return len([x for x in d.replace("[", "").replace("]", "").split(",") if x.strip()])
 
 
 def _one_line(exc: ValidationError, source: str) -> str:
@@ -191,7 +234,7 @@ def _allowed(loc: tuple) -> list[str]:
 
 def _float_ok(data: Any) -> Any:
     """YAML ints are accepted where floats are meant (strict mode would refuse ``timeout_s: 15``)."""
-    floats = {"memory_budget_gib", "timeout_s", "min_run_time"}
+    floats = {"memory_budget_gib", "timeout_s", "min_run_time", "mem_gb"}
     if isinstance(data, dict):
         return {k: (float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else _float_ok(v))
                 for k, v in data.items()}  # fmt: skip
@@ -206,7 +249,10 @@ def validate_suite(data: Any, source: str = "<suite>") -> dict[str, Any]:
         suite = Suite.model_validate(_float_ok(data))
     except ValidationError as exc:
         raise SuiteError(_one_line(exc, source)) from None
-    return suite.model_dump()
+    out = suite.model_dump()
+    if out["executor"] is None:  # a suite without an executor section keeps the configuration it had
+        del out["executor"]
+    return out
 
 
 def embedded_names() -> list[str]:

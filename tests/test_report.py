@@ -1,0 +1,243 @@
+"""The report: escaping, booktabs/siunitx structure, the bolding rule, the claims ledger's verdicts,
+figures (axes, series, units, no Type 3 fonts), missing kinds, and byte-identical rebuilds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.report import build, claims, figures
+from benchmarks.report.render import Col, Table, best_row, escape_latex, to_latex, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TEX = shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
+
+
+def _table(cells, hib=True, rows=("a_1", "b")):
+    return Table("t", "A caption with 50% and an_underscore", "tab:t", "arm", list(rows),
+                 [Col("ap", r"AP$_S$", "AP small", "pm", 3, higher_is_better=hib)], pd.DataFrame(cells))  # fmt: skip
+
+
+def _pm(row, mean, sd, lo, hi):
+    return dict(row=row, col="ap", mean=mean, sd=sd, n=3, lo=lo, hi=hi)
+
+
+def test_escape_latex_specials():
+    assert escape_latex("a_b & 50% #1 $x {y} ~z") == r"a\_b \& 50\% \#1 \$x \{y\} \ensuremath{\sim}z"
+    assert escape_latex("±0.5 ≥ 2") == r"\ensuremath{\pm}0.5 \ensuremath{\geq} 2"
+
+
+def test_latex_structure_booktabs_siunitx_and_escaped_labels():
+    tex = to_latex(_table([_pm("a_1", 0.412, 0.012, 0.40, 0.42), _pm("b", 0.300, 0.010, 0.29, 0.31)]))
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{", r"\label{tab:t}",
+                  "S[table-format=1.3 +- 1.3]", "0.412 +- 0.012", "separate-uncertainty"):  # fmt: skip
+        assert token in tex, token
+    assert r"a\_1 &" in tex and "a_1 &" not in tex  # row label escaped
+    assert r"50\% and an\_underscore" in tex  # caption escaped
+    assert "{AP$_S$}" in tex  # header holding LaTeX kept as LaTeX (braced for the S column)
+    md = to_markdown(_table([_pm("a_1", 0.412, 0.012, 0.40, 0.42), _pm("b", 0.300, 0.010, 0.29, 0.31)]))
+    assert "| a_1 | **0.412 ± 0.012** |" in md and "| b | 0.300 ± 0.010 |" in md
+
+
+def test_bold_only_when_intervals_disjoint_never_on_ties_and_follows_direction():
+    disjoint = [_pm("a_1", 0.41, 0.01, 0.40, 0.42), _pm("b", 0.30, 0.01, 0.29, 0.31)]
+    assert best_row(_table(disjoint), _table(disjoint).cols[0]) == "a_1"
+    assert r"\bfseries 0.410 +- 0.010" in to_latex(_table(disjoint))
+    lower = _table(disjoint, hib=False)
+    assert best_row(lower, lower.cols[0]) == "b"  # lower is better: the other row
+    overlap = [_pm("a_1", 0.41, 0.05, 0.33, 0.49), _pm("b", 0.30, 0.05, 0.25, 0.35)]
+    assert best_row(_table(overlap), _table(overlap).cols[0]) is None
+    assert r"\bfseries" not in to_latex(_table(overlap))
+    tie = [dict(row="a_1", col="ap", mean=4.8012), dict(row="b", col="ap", mean=4.8004)]
+    t = Table("t", "c", "tab:t", "arm", ["a_1", "b"], [Col("ap", "M", "M", "value", 1, higher_is_better=False)],
+              pd.DataFrame(tie))  # fmt: skip
+    assert best_row(t, t.cols[0]) is None  # equal at the printed precision: a tie
+    bound = _table(disjoint)
+    bound.extra["not_ranked"] = ("a_1",)  # a lower bound (the floor) is never the best
+    assert best_row(bound, bound.cols[0]) is None
+    none_dir = _table(disjoint, hib=None)
+    assert best_row(none_dir, none_dir.cols[0]) is None
+
+
+def _ops(variant, exponent, pass_="fwd", metric="latency_ms"):
+    ns = [1024, 2048, 4096, 8192, 16384]
+    rng = np.random.default_rng(0)
+    return [dict(kind="complexity", error=None, level="operator", variant=variant, tokens=n, metric=metric,
+                 value=1e-3 * n**exponent * (1 + 0.01 * rng.standard_normal()), **{"pass": pass_})
+            for n in ns]  # fmt: skip
+
+
+def _yolo(params, gflops):
+    base = dict(kind="complexity", error=None, variant="yolo11n-tssa", family="yolo", image_size=640)
+    return pd.DataFrame(
+        [
+            {**base, "metric": "params", "value": params},
+            {**base, "metric": "gflops_ultralytics", "value": gflops},
+        ]
+    )
+
+
+def test_ledger_verdicts_from_constructed_rows():
+    ops = pd.DataFrame(_ops("tssa:stream", 1.0) + _ops("layer:tssa", 2.0)
+                       + _ops("tssa:stream", 1.0, "fwd+bwd", "peak_mib"))  # fmt: skip
+    led = claims.ledger(ops, None, _yolo(2_606_000, 6.6), pd.DataFrame()).set_index("claim")
+    assert led.loc["Linear time in N (core)", "verdict"] == "supported"
+    assert led.loc["Linear time in N (layer)", "verdict"] == "contradicted"  # quadratic rows
+    assert led.loc["Linear memory in N (core)", "verdict"] == "supported"
+    assert led.loc["Linear memory in N (layer)", "verdict"] == claims.NOT_TESTABLE  # no rows
+    assert led.loc["yolo11n-TSSA has 2.61M parameters", "verdict"] == "supported"
+    assert led.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "supported"
+    assert led.loc["ToST on par with its softmax and XCA controls", "verdict"] == claims.NOT_TESTABLE
+    assert "GPU" in led.loc["16K tokens: ToST ~12 ms vs ViT ~300 ms, ~0.13 GB vs ~17 GB", "why"]
+    led2 = claims.ledger(ops, None, _yolo(2_700_000, 7.1), pd.DataFrame()).set_index("claim")
+    assert led2.loc["yolo11n-TSSA has 2.61M parameters", "verdict"] == "contradicted"
+    assert led2.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "contradicted"
+    assert set(led["verdict"]) <= set(claims.VERDICTS)
+
+
+def test_ledger_detection_and_classification_verdicts():
+    from benchmarks.suites import load_suite
+
+    section = load_suite("cpu")["detection"]
+    rows = []
+    for seed in range(4):
+        # tssa - stock per seed: small +0.05 (+-0.001), large -0.05, partial +-0.08 (noise), heavy +-0.0003
+        wobble = (-1) ** seed
+        diff = {"ap_small": 0.05 + 0.001 * wobble, "ap_large": -0.05 + 0.001 * wobble,
+                "ap_occ_partial": 0.08 * wobble, "ap_occ_heavy": 0.0003 * wobble}  # fmt: skip
+        for arm in ("yolo11n", "yolo11n-tssa", "yolo11n-noattn"):
+            for m, d in diff.items():
+                v = 0.3 + 0.01 * seed + (d if arm == "yolo11n-tssa" else 0.0)
+                rows.append(dict(kind="detection", error=None, variant=arm, seed=seed, metric=m, value=v))
+    from benchmarks import detection_study
+
+    s = detection_study.summary(pd.DataFrame(rows), section)
+    det = claims._detection_claims(s)
+    got = {r["claim"]: r["verdict"] for r in det}
+    assert got["Better multi-scale detection: AP small"] == "supported"
+    assert got["Better multi-scale detection: AP large"] == "contradicted"
+    assert got["Better occluded detection: AP, partial occlusion"] == "inconclusive"
+    assert got["Better occluded detection: AP, heavy occlusion"] == "equivalent"
+    cls = pd.DataFrame([dict(kind="classification", error=None, variant=v, seed=s_, metric="top1", value=x + 0.001 * s_)
+                        for s_ in range(3) for v, x in (("tost_tiny", 0.700), ("tost_softmax_tiny", 0.7005))])  # fmt: skip
+    from benchmarks import metrics
+
+    metrics.register("top1", "1", True, "top-1", "top-1", 4)
+    c = claims._classification_claim(cls)
+    assert [r["verdict"] for r in c] == ["equivalent"]
+
+
+def test_missing_kind_is_named_and_the_rest_renders(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    lines = []
+    rep = build(tmp_path / "results", tmp_path / "out", pdf=False, log=lines.append)
+    assert any(m.startswith("classification: no rows of kind 'classification'") for m in rep.missing)
+    assert any(line.startswith("report: missing classification") for line in lines)
+    tost = (tmp_path / "out" / "tables" / "tost_controls.tex").read_text()
+    assert "(paper)" in tost and "missing" in tost
+    assert (tmp_path / "out" / "tables" / "claims.tex").exists() and (
+        tmp_path / "out" / "report.tex"
+    ).exists()
+    assert set(rep.ledger["verdict"]) == {claims.NOT_TESTABLE}
+
+
+def test_cli_refuses_a_missing_results_dir(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--results-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "is not a folder" in err
+
+
+def test_figures_axes_series_units(monkeypatch, tmp_path):
+    captured = {}
+
+    def keep(fig, out, name):
+        captured[name] = fig
+        return []
+
+    monkeypatch.setattr(figures, "save", keep)
+    ops = pd.DataFrame(_ops("sdpa", 2.0) + _ops("tssa:stream", 1.0) + _ops("layer:tssa", 1.0)
+                       + _ops("tssa:stream", 1.0, "fwd+bwd", "peak_mib") + _ops("sdpa", 1.0, "fwd", "flops_analytic"))  # fmt: skip
+    figures.complexity(ops, tmp_path, "src")
+    fig = captured["complexity"]
+    axes = fig.axes
+    assert len(axes) == 6
+    assert all(a.get_xscale() == "log" and a.get_yscale() == "log" for a in axes)
+    assert (
+        axes[0].get_ylabel() == "median forward time (ms)"
+        and axes[2].get_ylabel() == "fwd+bwd peak memory (MiB)"
+    )
+    core_labels = [line.get_label() for line in axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert core_labels == ["sdpa", "tssa:stream"]
+    assert {t.get_text() for t in axes[0].texts} == {"O(N)", "O(N²)"}
+    assert abs(fig.get_size_inches()[0] - figures.TEXT_IN) < 1e-9
+    markers = {line.get_marker() for line in axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert len(markers) == 2
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".tex", ".pdf", ".png", ".txt")}  # fmt: skip
+
+
+def test_rendering_twice_gives_identical_files(tmp_path):
+    build(ROOT / "results", tmp_path / "a", pdf=HAS_TEX, log=lambda s: None)
+    build(ROOT / "results", tmp_path / "b", pdf=HAS_TEX, log=lambda s: None)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a.keys() == b.keys() and any(k.endswith(".pdf") for k in a)
+    assert [k for k in a if a[k] != b[k]] == []
+    assert b"CreationDate" not in a["figures/complexity.pdf"]
+
+
+@pytest.mark.skipif(not (ROOT / "reports" / "report.tex").exists(), reason="no committed report")
+def test_committed_report_is_a_rebuild_of_the_committed_rows(tmp_path):
+    """Tables always; figures and the PDF when matplotlib, seaborn, pandas and TeX are the versions that built them."""
+    from benchmarks.report import build_info
+
+    build(ROOT / "results", tmp_path, pdf=HAS_TEX, log=lambda s: None)
+    committed, new = _files(ROOT / "reports"), _files(tmp_path)
+    same_tools = committed.get("build-info.txt", b"").decode() == build_info()
+    for name, data in committed.items():
+        if (
+            name.startswith("tables/")
+            or name == "report.tex"
+            or (same_tools and (HAS_TEX or name != "report.pdf"))
+        ):
+            assert new.get(name) == data, (
+                f"reports/{name} is not what the committed rows give: run `tox -e report`"
+            )
+
+
+@pytest.mark.skipif(
+    not HAS_TEX or shutil.which("pdffonts") is None, reason="needs latexmk, pdflatex and pdffonts"
+)
+@pytest.mark.parametrize("twocolumn", [False, True])
+def test_every_table_compiles_with_only_booktabs_and_siunitx(tmp_path, twocolumn):
+    tables = sorted((ROOT / "reports" / "tables").glob("*.tex"))
+    assert tables
+    doc = [r"\documentclass[twocolumn]{article}" if twocolumn else r"\documentclass{article}",
+           r"\usepackage{booktabs}", r"\usepackage{siunitx}", r"\begin{document}"]  # fmt: skip
+    doc += [rf"\input{{{p.as_posix()}}}" for p in tables] + [r"\end{document}"]
+    (tmp_path / "t.tex").write_text("\n".join(doc))
+    res = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:]
+    fonts = subprocess.run(["pdffonts", "t.pdf"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "Type 3" not in fonts
+
+
+@pytest.mark.skipif(shutil.which("pdffonts") is None, reason="needs pdffonts (poppler-utils)")
+def test_figures_embed_truetype_no_type3():
+    pdfs = sorted((ROOT / "reports" / "figures").glob("*.pdf"))
+    assert pdfs
+    for p in pdfs:
+        fonts = subprocess.run(["pdffonts", str(p)], capture_output=True, text=True).stdout
+        assert "Type 3" not in fonts and "TrueType" in fonts, p.name
