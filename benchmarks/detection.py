@@ -182,7 +182,11 @@ class TrainSpec(_Strict):
     close_mosaic: int = Field(10, ge=0)
     device: str = "cpu"
     workers: int = Field(0, ge=0)
-    threads: int = Field(0, ge=0, description="torch threads while training (0: leave as is)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads while training (0: Ultralytics' default, os.cpu_count() - 1 at most 8 on CPU)",
+    )
     pretrained: str | None = Field(
         None, description="weights to transfer from, used only when the file exists"
     )
@@ -579,6 +583,13 @@ def run_detection_cell(
     epoch_times: list[float] = json.loads(times_file.read_text()) if resume and times_file.is_file() else []
     peak: dict[str, Any] = {}
 
+    def pretrain_start(trainer):
+        # Ultralytics' select_device (in the trainer's constructor) sets torch's thread count to its own
+        # NUM_THREADS (os.cpu_count() - 1, at most 8: one thread on a 2-core machine); the requested
+        # count is applied here, after it, so that `threads` is the count the training really runs with
+        if tr.get("threads"):
+            torch.set_num_threads(tr["threads"])
+
     def epoch_start(trainer):
         peak["t0"] = time.perf_counter()
         del epoch_times[trainer.epoch :]  # a resumed epoch replaces the one that was cut short
@@ -614,6 +625,7 @@ def run_detection_cell(
             peak["bytes"] = t.peak
 
     for event, fn in (
+        ("on_pretrain_routine_start", pretrain_start),
         ("on_train_epoch_start", epoch_start),
         ("on_train_epoch_end", epoch_end),
         ("on_train_batch_start", batch_start),

@@ -207,3 +207,22 @@ def test_a_requeued_cell_resumes_training_from_its_own_last_checkpoint(tmp_path)
     again = run_detection_cell(cell, tmp_path / "w", data_dir=tmp_path / "data", on_epoch=lambda e, n, s: seen.append(e),
                                resume=True)  # fmt: skip
     assert seen == [] and again["map50_95"] == out["map50_95"]
+
+
+def test_training_runs_with_the_requested_thread_count(tmp_path):
+    """Ultralytics' device selection resets torch's threads to its NUM_THREADS; `train.threads` wins."""
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    want = NUM_THREADS + 1  # differs from what Ultralytics would set on any machine
+    (cell,) = detection_cells(parse_detection({**TINY, "train": {**TINY["train"], "threads": want}}))
+    before = torch.get_num_threads()
+    during: list[int] = []
+    run_detection_cell(
+        cell,
+        tmp_path / "w",
+        data_dir=tmp_path / "data",
+        on_epoch=lambda e, n, s: during.append(torch.get_num_threads()),
+    )
+    assert during == [want]
+    assert torch.get_num_threads() == before  # restored after the cell
