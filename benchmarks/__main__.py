@@ -180,6 +180,14 @@ def _readme_block(args, ap, marker: str, block: str) -> None:
         ap.error(str(exc))
 
 
+def _reproduction_lines(args, kind: str) -> list[str]:
+    """One line per earlier run of this suite and machine whose cells the latest run measured again."""
+    from benchmarks.reproduce import compare
+    from benchmarks.store import list_runs
+
+    return [r.line() for r in compare(list_runs(args.results_dir, args.suite_name, args.scope), kind)]
+
+
 def _cmd_derive(args, ap) -> int:
     from benchmarks.complexity import derive, derived_json, derived_markdown
     from benchmarks.store import load_rows, select_runs
@@ -231,6 +239,7 @@ def _cmd_derive(args, ap) -> int:
             if (rdf["kind"] == "detection").any():  # every machine named; timings never pooled across devices
                 title = f"Detection study, suite {args.suite_name}, run {run.id}"
                 blocks += detection_study.run_blocks(rdf, run.record["config"]["detection"], title)
+        blocks += _reproduction_lines(args, "detection")
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
         if args.readme:
@@ -246,6 +255,7 @@ def _cmd_derive(args, ap) -> int:
                 title = (f"Classification study, suite {args.suite_name}, run {run.id} "
                          f"({run.record['machine']['name']}); mean ± sd (n seeds)")  # fmt: skip
                 blocks.append(classification_study.summary_markdown(s, title))
+        blocks += _reproduction_lines(args, "classification")
         blocks.append(classification_study.paper_markdown())
         block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
         print(block)
