@@ -43,7 +43,34 @@ Calibration (runs of the timing checks before the limits were set; clean / slow2
 - FLOPs and peak bytes (``test_operator_exact.py``) are exact: double and nxn change them (caught every
   run); the slow25 plant spins and adds neither, by construction.
 
-PROOF (20 runs of each kind): pending.
+PROOF (2026-11-29, the limits above unchanged, ``--runs 20`` per kind; timing and exact checks in one
+pytest process per kind, ``-k "not instructions"``, nothing else running on the other core):
+
+- clean: 20 runs, 0 false alarms. forward core/floor 9.49-11.99, core/naive 0.368-0.597; fwd+bwd
+  core/floor 36.1-41.9, core/naive 0.363-0.451; linearity 15.7-19.3; layer/projections 1.39-1.48;
+  stream/lean 0.96-1.17, stream/naive 0.69-0.83.
+- double: 20 runs, 20 caught. FLOP gates (core and layer) and both peak-byte gates 20/20; fwd+bwd
+  timing 20/20 (core/floor 73.0-85.1, core/naive 0.78-0.95); forward timing 19/20 (core/floor
+  17.8-27.8, core/naive 0.69-1.27); layer/projections 9/20 (1.75-1.88 against 1.8); linearity 0/20.
+- nxn: 20 runs, 20 caught. Every FLOP and byte gate, both core timings, linearity (223-273) and
+  layer/projections (3.64-3.90) 20/20.
+- slow25: 20 runs, 0 caught by these checks, as designed: the spin adds no FLOPs and no bytes, and its
+  timing ratios (forward core/floor 11.3-14.6, fwd+bwd core/floor 44.9-49.4, core/naive 0.45-0.57)
+  lie inside the clean range of earlier sessions (fwd+bwd core/floor up to 50.2, core/naive up to
+  0.54); in this one session alone they were separated (fwd+bwd core/floor clean max 41.9 < slow25
+  min 44.9), which is the drift that a fixed limit cannot follow.
+- instructions (``-k instructions``, one valgrind child per run, about 37 s each, beside a one-thread
+  training job on the other core, which the counts do not see): clean 20 runs, 0
+  false alarms (forward 60,623,260-60,647,899, fwd+bwd 312,212,855-312,329,996 against the committed
+  60,604,121 / 312,210,057: at most +0.07 %); slow25 20 runs, 20 caught (forward x1.414-1.439, fwd+bwd
+  x1.397-1.422: the spin retires more instructions per second than the bandwidth-bound core, so 25 %
+  more CPU time shows as about 41 % more instructions); double 3 runs, 3 caught (x1.997 / x1.999);
+  nxn: the forward count of the one run recorded was 855,248,496 (x14.1); the forward+backward
+  measurement then ran past the child's 600 s timeout, which fails the check as well (so an N x N
+  regression makes this check slow to fail; the other checks fail it in seconds). The remaining nxn
+  runs under valgrind were stopped, not counted.
+- together: clean 20 + 20 runs without a false alarm; double, nxn and slow25 caught in every planted
+  run (slow25 by the instruction counts alone, so without valgrind it is not guarded).
 """
 
 from __future__ import annotations
