@@ -101,7 +101,7 @@ def build(results_dir="results", out="reports", readme=None, pdf: bool = True, l
                                            f"over seeds with ±1 sd error bars. {prov}.")  # fmt: skip
         if summary is not None and not summary["diffs"].empty:
             paths = figures.paired_differences(summary["diffs"], out / "figures", summary["rope"], ref,
-                                               tables.DIFF_METRICS)  # fmt: skip
+                                               tables.diff_metrics(section))  # fmt: skip
             rep.figures["detection_diffs"] = (paths, "Paired differences in AP against the stock model (same "
                                               "seed) with 95% t intervals; the shaded band is the region of "
                                               f"practical equivalence ±{summary['rope']} AP. {prov}.")  # fmt: skip

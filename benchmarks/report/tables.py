@@ -20,15 +20,13 @@ from benchmarks.report.render import Col, Table
 SIZE_METRICS = ("map50_95", "map50", "ap_small", "ap_medium", "ap_large")
 OCC_METRICS = ("ap_occ_none", "ap_occ_partial", "ap_occ_heavy", "recall_occ_none", "recall_occ_partial",
                "recall_occ_heavy")  # fmt: skip
-DIFF_METRICS = (
-    "map50_95",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "ap_occ_none",
-    "ap_occ_partial",
-    "ap_occ_heavy",
-)
+
+
+def diff_metrics(section: dict) -> tuple[str, ...]:
+    """The paired differences the report shows: mAP50-95 and the strata the suite's Holm family names."""
+    return ("map50_95", *section["holm_family"])
+
+
 EFFICIENCY_METRICS = ("params", "gflops", "latency_ms", "train_time_s", "train_peak_mib")
 SELECTED_N = (1024, 4096, 16384)
 CORE_TSSA = "tssa:stream"  # what tssa's dispatch picks on CPU
@@ -137,10 +135,11 @@ def detection_diffs(df: pd.DataFrame, section: dict) -> tuple[Table | None, pd.D
         return None, pd.DataFrame()
     s = detection_study.summary(det, section)
     diffs = s["diffs"]
-    diffs = diffs[diffs["metric"].isin(DIFF_METRICS)]
+    shown = diff_metrics(section)
+    diffs = diffs[diffs["metric"].isin(shown)]
     rows, recs = [], []
     for arm in sorted(set(diffs["arm"])):
-        for m in DIFF_METRICS:
+        for m in shown:
             r = diffs[(diffs["arm"] == arm) & (diffs["metric"] == m)]
             if r.empty:
                 continue
