@@ -12,7 +12,6 @@ under each study's summary in the README.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from benchmarks import metrics as _metrics
@@ -21,7 +20,6 @@ from benchmarks.store import Run
 
 @dataclass(frozen=True)
 class Reproduction:
-    kind: str
     earlier: str  # run id
     later: str  # run id
     machine: str
@@ -55,10 +53,6 @@ def _compared(metric: str) -> bool:
     return not (_metrics.device_bound(metric) or metric.endswith("_samples"))
 
 
-def _same(a: float, b: float) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-
-
 def compare(runs: list[Run], kind: str, show: int = 5) -> list[Reproduction]:
     """For the latest complete run holding rows of ``kind`` per (suite, machine): one
     :class:`Reproduction` per earlier complete run of that suite and machine sharing cells with it."""
@@ -79,17 +73,12 @@ def compare(runs: list[Run], kind: str, show: int = 5) -> list[Reproduction]:
             keys = sorted(set(ev) & set(lv))
             if not keys:
                 continue
-            diff = [(c, m, ev[(c, m)], lv[(c, m)]) for c, m in keys if not _same(ev[(c, m)], lv[(c, m)])]
+            # rows hold finite values only (store.validate_row), so plain equality is bit for bit
+            diff = [(c, m, ev[(c, m)], lv[(c, m)]) for c, m in keys if ev[(c, m)] != lv[(c, m)]]
+            cells = len({c for c, _ in keys})
             out.append(
                 Reproduction(
-                    kind,
-                    run.id,
-                    later.id,
-                    machine,
-                    len({c for c, _ in keys}),
-                    len(keys),
-                    len(keys) - len(diff),
-                    tuple(diff[:show]),
-                )  # fmt: skip
+                    run.id, later.id, machine, cells, len(keys), len(keys) - len(diff), tuple(diff[:show])
+                )
             )
     return out

@@ -89,7 +89,7 @@ ROUNDS = 3
 # How much slower than a reference the fast path may measure before the check fails. On a quiet
 # 2-core machine stream/naive is ~0.8 and stream/lean 0.88-0.99 (three runs of this file); lean is
 # the closer competitor, so its margin covers the 10-25% swings of a shared runner.
-SLACK = {"naive": 1.1, "lean": 1.4}  # lean: stream/lean measured 1.13-1.27 (layer forward, see RECORD)
+SLACK = {"naive": 1.1, "lean": 1.4}  # measured stream/naive and stream/lean: see RECORD and PROOF above
 
 # Core checks: the largest ratio each may measure (see the record in the module docstring).
 CORE_SHAPE = {"cpu": (1, 8, 4096, 48), "cuda": (8, 8, 16384, 48)}  # (B, H, N, D)
