@@ -17,27 +17,8 @@ numbers (``results/<suite>/derived.json``) and, with ``--readme``, the README bl
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-
-
-def _plan(suite_name: str, suite: dict, part: str):
-    """Every group of the suite: the complexity sweeps, the detection study, the classification study."""
-    from benchmarks import complexity
-
-    parts = ("operator", "model", "detection", "classification") if part == "all" else (part,)
-    groups = complexity.plan(suite_name, suite, parts)
-    if "detection" in parts and suite.get("detection") is not None:
-        from benchmarks import detection_study
-
-        groups += detection_study.plan(suite_name, suite)
-    if "classification" in parts and suite.get("classification") is not None:
-        from benchmarks import classification_study
-
-        groups += classification_study.plan(suite_name, suite)
-    return groups
 
 
 def _progress(done: int, total: int, label: str) -> None:
@@ -46,8 +27,8 @@ def _progress(done: int, total: int, label: str) -> None:
 
 def _estimate_line(args, groups, states: dict) -> str:
     """The dry run's time estimate from cells measured before on this machine (any run of the suite)."""
-    from benchmarks.estimate import cell_durations, describe_estimate, estimate_seconds
-    from benchmarks.store import list_runs, machine
+    from benchmarks.core.estimate import cell_durations, describe_estimate, estimate_seconds
+    from benchmarks.core.store import list_runs, machine
 
     here = machine()["id"]
     runs = [
@@ -60,49 +41,47 @@ def _estimate_line(args, groups, states: dict) -> str:
 def _cmd_run(args, ap) -> int:
     import torch
 
-    from benchmarks.runner import plan_status, run_groups
-    from benchmarks.scaleout import ScaleOutError, executor_from_args
-    from benchmarks.store import list_runs, machine
+    from benchmarks.core import registry
+    from benchmarks.core.runner import plan_status, run_groups
+    from benchmarks.core.scaleout import ScaleOutError, executor_from_args
+    from benchmarks.core.store import list_runs, load_rows, machine
 
     try:  # where cells run is not part of the run's identity: the run sees the suite without it
         args.suite, executor = executor_from_args(args.suite, args)
     except ScaleOutError as exc:
         ap.error(str(exc))
     suite = args.suite
-    cx = suite.get("complexity") or {}
-    if args.part in ("detection", "classification") and suite.get(args.part) is None:
-        ap.error(f"suite {args.suite_name!r} has no {args.part} section")
-    if args.part in ("operator", "model") and cx.get(args.part) is None:
-        ap.error(f"suite {args.suite_name!r} has no complexity.{args.part} section")
+    owner = registry.owner(args.part)
+    if owner is not None:
+        if suite.get(owner.name) is None:
+            ap.error(f"suite {args.suite_name!r} has no {owner.name} section")
+        if args.part != owner.name and (suite[owner.name] or {}).get(args.part) is None:
+            ap.error(f"suite {args.suite_name!r} has no {owner.name}.{args.part} section")
     if not args.dry_run and suite["device"] == "cuda" and not torch.cuda.is_available():
         ap.error(f"suite {args.suite_name!r} runs on cuda but torch sees no CUDA device; use --suite cpu")
-    if suite.get("detection") is not None and args.part in ("all", "detection"):
-        from benchmarks.data.real import DataError
-        from benchmarks.detection import check_data, parse_detection
-
+    chosen = [
+        s
+        for s in registry.studies()
+        if suite.get(s.name) is not None and args.part in ("all", s.name, *s.parts)
+    ]
+    data_notes = []
+    for study in chosen:
+        if study.check_data is None:
+            continue
         try:
-            check_data(parse_detection(suite["detection"]))
-        except (DataError, ValueError) as exc:
-            ap.error(str(exc))
-    data_note = None
-    if suite.get("classification") is not None and args.part in ("all", "classification"):
-        from benchmarks.classification import check_data, parse_classification
-        from benchmarks.data.digits import DataError as ClsDataError
-
-        try:
-            check_data(parse_classification(suite["classification"]))
-        except (ClsDataError, ValueError) as exc:
+            study.check_data(suite[study.name])
+        except ValueError as exc:  # DataError, or a section that cannot be used
             if not args.dry_run:  # no cell runs (and no row is written) when a dataset is missing
                 ap.error(str(exc))
-            data_note = f"note: {exc} (a run would stop here)"
+            data_notes.append(f"note: {exc} (a run would stop here)")
     try:
-        groups = _plan(args.suite_name, suite, args.part)
+        groups = registry.plan(args.suite_name, suite, args.part)
     except ValueError as exc:
         ap.error(str(exc))
     if not groups:
         ap.error(f"suite {args.suite_name!r} has no cells to run")
     if args.dry_run:
-        from benchmarks.store import config_hash
+        from benchmarks.core.store import config_hash
 
         chash = config_hash(suite)
         mine = [r for r in list_runs(args.results_dir, args.suite_name, "local")
@@ -115,15 +94,15 @@ def _cmd_run(args, ap) -> int:
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
         print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
-        if data_note:
-            print(data_note)
+        for note in data_notes:
+            print(note)
         if executor["kind"] == "submitit":
-            from benchmarks.scaleout import describe_submission
+            from benchmarks.core.scaleout import describe_submission
 
             print(describe_submission(executor, run, groups, args.retry_failed, args.suite_name))
         return 0
     if executor["kind"] == "submitit":
-        from benchmarks.scaleout import submit_from_cli
+        from benchmarks.core.scaleout import submit_from_cli
 
         try:
             return submit_from_cli(args, groups, executor)
@@ -133,30 +112,18 @@ def _cmd_run(args, ap) -> int:
     run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
                      device=suite["device"], progress=_progress)  # fmt: skip
     print(f"run {run.id}: {run.summary()} in {run.path} ({time.perf_counter() - t0:.0f} s)")
-    if suite.get("detection") is not None and args.part in ("all", "detection"):
-        from benchmarks import detection_study
-        from benchmarks.store import load_rows
-
-        df = load_rows([run])
-        if not df.empty and (df["kind"] == "detection").any():
-            s = detection_study.summary(df, suite["detection"])
-            print(
-                detection_study.summary_markdown(s, f"Detection study, suite {args.suite_name}, run {run.id}")
-            )
-    if suite.get("classification") is not None and args.part in ("all", "classification"):
-        from benchmarks import classification_study
-        from benchmarks.store import load_rows
-
-        df = load_rows([run])
-        if not df.empty and (df["kind"] == "classification").any():
-            s = classification_study.summary(df, suite["classification"])
-            title = f"Classification study, suite {args.suite_name}, run {run.id}"
-            print(classification_study.summary_markdown(s, title))
+    df = load_rows([run])
+    for study in chosen:
+        if study.run_summary is not None and not df.empty and (df["kind"] == study.name).any():
+            title = f"{study.name.capitalize()} study, suite {args.suite_name}, run {run.id}"
+            text = study.run_summary(df, suite[study.name], title)
+            if text:
+                print(text)
     return 0
 
 
 def _select(args, ap, kind=None):
-    from benchmarks.store import load_rows, select_runs
+    from benchmarks.core.store import load_rows, select_runs
 
     try:
         runs = select_runs(args.results_dir, args.suite_name, args.runs, args.scope, kind=kind)
@@ -172,100 +139,60 @@ def _select(args, ap, kind=None):
 
 def _readme_block(args, ap, marker: str, block: str) -> None:
     """Replace the README's ``marker`` block with ``block``; a README without the markers is one error line."""
-    from benchmarks.complexity import write_readme_block
+    from benchmarks.core.readme import write_block
 
     try:
-        write_readme_block(args.readme, marker, block)
+        write_block(args.readme, marker, block)
     except ValueError as exc:
         ap.error(str(exc))
-
-
-def _reproduction_lines(args, kind: str) -> list[str]:
-    """One line per earlier run of this suite and machine whose cells the latest run measured again."""
-    from benchmarks.reproduce import compare
-    from benchmarks.store import list_runs
-
-    return [r.line() for r in compare(list_runs(args.results_dir, args.suite_name, args.scope), kind)]
 
 
 def _cmd_derive(args, ap) -> int:
-    from benchmarks.complexity import derive, derived_json, derived_markdown
-    from benchmarks.store import load_rows, select_runs
+    from benchmarks.core import registry
+    from benchmarks.core.reproduce import compare
+    from benchmarks.core.store import list_runs, load_rows, select_runs
 
-    runs, df = _select(args, ap, kind=None if args.runs else "complexity")
-    det_runs = (
-        runs
-        if args.runs
-        else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="detection")
-    )
-    det_df = df if args.runs else load_rows(det_runs)
-    cls_runs = (
-        runs
-        if args.runs
-        else select_runs(args.results_dir, args.suite_name, None, args.scope, kind="classification")
-    )
-    cls_df = df if args.runs else load_rows(cls_runs)
-    has_cls = not cls_df.empty and (cls_df["kind"] == "classification").any()
-    op = (args.suite.get("complexity") or {}).get("operator") or {}
-    fit_min = args.fit_min_tokens if args.fit_min_tokens is not None else op.get("fit_min_tokens", 1024)
+    command = f"python -m benchmarks derive --suite {args.suite_name}"
+    options = {"reference": args.reference, "fit_min_tokens": args.fit_min_tokens}
     try:
-        d = derive(df, fit_min_tokens=fit_min, reference=args.reference)
+        named = select_runs(args.results_dir, args.suite_name, args.runs, args.scope) if args.runs else None
     except ValueError as exc:
         ap.error(str(exc))
-    has_det = not det_df.empty and (det_df["kind"] == "detection").any()
-    if not d["configs"] and not d["models"] and not has_det and not has_cls:
-        ap.error(f"the selected runs {[r.id for r in runs]} hold no error-free rows to derive from")
-    command = f"python -m benchmarks derive --suite {args.suite_name}"
-    block = derived_markdown(d, command)
-    if not d["configs"] and not d["models"]:
-        block = ""  # no complexity rows selected: the complexity block stays as it is
-    print(block)
-    if block:
-        out = args.results_dir_path / args.suite_name / "derived.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(derived_json(d), indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-        print(f"wrote {out}")
-    if args.readme and block:
-        _readme_block(args, ap, f"complexity:{args.suite_name}", block)
-        print(f"updated {args.readme}")
-    if has_det:
-        from benchmarks import detection_study
-
-        blocks = []
-        for run in det_runs:  # one table per run: rows of different machines are never pooled
-            rdf = det_df[det_df["run"] == run.id]
-            if (rdf["kind"] == "detection").any():  # every machine named; timings never pooled across devices
-                title = f"Detection study, suite {args.suite_name}, run {run.id}"
-                blocks += detection_study.run_blocks(rdf, run.record["config"]["detection"], title)
-        blocks += _reproduction_lines(args, "detection")
-        block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
+    every = list_runs(args.results_dir, args.suite_name, args.scope)
+    if not named and not [r for r in every if r.record["status"] == "complete"]:
+        ap.error(
+            f"no complete run of suite {args.suite_name!r} under {args.results_dir}; run "
+            f"`python -m benchmarks run --suite {args.suite_name}` first"
+        )
+    written, looked = 0, set()
+    for study in registry.studies():
+        if study.readme is None:
+            continue
+        runs = named or select_runs(args.results_dir, args.suite_name, None, args.scope, kind=study.name)
+        looked |= {r.id for r in runs}
+        rows = load_rows(runs)
+        if rows.empty or not (rows["kind"] == study.name).any():
+            continue
+        ctx = registry.ReadmeContext(args.suite_name, args.suite, command, runs, rows, args.results_dir, options,
+                                     [r.line() for r in compare(every, study.name)])  # fmt: skip
+        try:
+            block = study.readme(ctx)
+        except ValueError as exc:
+            ap.error(str(exc))
+        if not block:
+            continue
+        written += 1
         print(block)
         if args.readme:
-            _readme_block(args, ap, f"detection:{args.suite_name}", block)
-    if has_cls:
-        from benchmarks import classification_study
-
-        blocks = []
-        for run in cls_runs:  # one table per run: rows of different machines are never pooled
-            rdf = cls_df[cls_df["run"] == run.id]
-            if (rdf["kind"] == "classification").any():
-                s = classification_study.summary(rdf, run.record["config"]["classification"])
-                title = (f"Classification study, suite {args.suite_name}, run {run.id} "
-                         f"({run.record['machine']['name']}); mean ± sd (n seeds)")  # fmt: skip
-                blocks.append(classification_study.summary_markdown(s, title))
-        blocks += _reproduction_lines(args, "classification")
-        blocks.append(classification_study.paper_markdown())
-        block = f"Written by `{command}`.\n\n" + "\n\n".join(blocks)
-        print(block)
-        if args.readme:
-            _readme_block(args, ap, f"classification:{args.suite_name}", block)
+            _readme_block(args, ap, f"{study.name}:{args.suite_name}", block)
+            print(f"updated {args.readme}")
+    if not written:
+        ap.error(f"the selected runs {sorted(looked)} hold no error-free rows to derive from")
     return 0
 
 
 def _cmd_runs(args, ap) -> int:
-    from benchmarks.store import list_runs
+    from benchmarks.core.store import list_runs
 
     for r in list_runs(args.results_dir, args.suite_name if args.suite_given else None):
         rec = r.record
@@ -276,7 +203,7 @@ def _cmd_runs(args, ap) -> int:
 
 
 def _cmd_publish(args, ap) -> int:
-    from benchmarks.store import list_runs, publish
+    from benchmarks.core.store import list_runs, publish
 
     local = [
         r for r in list_runs(args.results_dir, args.suite_name, "local") if r.record["status"] == "complete"
@@ -313,7 +240,9 @@ def _cmd_report(args, ap) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
-    from benchmarks.suites import SuiteError, load_suite
+    import benchmarks.studies  # noqa: F401  (the project's studies register themselves)
+    from benchmarks.core import registry
+    from benchmarks.core.suites import SuiteError, load_suite
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description="TSSA benchmark harness")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -321,9 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--suite", default=None, help="embedded suite name (cpu, gpu) or a .yaml path")
     common.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     r = sub.add_parser("run", parents=[common], help="run a suite's cells into this machine's run (resumes)")
-    r.add_argument(
-        "--part", choices=["operator", "model", "detection", "classification", "all"], default="all"
-    )
+    r.add_argument("--part", choices=registry.part_choices(), default="all",
+                   help="one study, one section a study declares, or all")  # fmt: skip
     r.add_argument("--retry-failed", action="store_true", help="run failed cells of the latest run again")
     r.add_argument(
         "--dry-run", action="store_true", help="validate, list the cells and their state, run nothing"
@@ -360,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         and args.suite is not None
         and not args.suite.endswith((".yaml", ".yml"))
     ):
-        from benchmarks.suites import NAME_RE
+        from benchmarks.core.suites import NAME_RE
 
         if not NAME_RE.match(args.suite):  # a run's suite by name (e.g. floor), embedded or not
             ap.error(f"--suite {args.suite!r} is not a suite name")

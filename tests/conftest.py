@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import benchmarks.studies  # noqa: F401  (the project's studies register themselves: their row kinds and metrics)
+
 
 @pytest.fixture
 def one_thread():

@@ -15,8 +15,8 @@ pytest.importorskip("timm")
 pytest.importorskip("sklearn")
 pytest.importorskip("pydantic")
 
-from benchmarks import classification as cls  # noqa: E402
-from benchmarks.data import digits  # noqa: E402
+from benchmarks.studies.classification import train as cls  # noqa: E402
+from benchmarks.studies.classification.data import digits  # noqa: E402
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 4}
 ARMS = ["tost_tiny_12_p8_224", "tost_softmax_tiny_12_p8_224", "tost_xca_tiny_12_p8_224"]
@@ -121,8 +121,10 @@ def test_paper_table_names_registered_models():
     import timm
 
     import tssa.timm  # noqa: F401
+    from benchmarks.core import paper
 
-    assert all(timm.is_model(r["arm"]) and r["dataset"] == "ImageNet-1k" for r in cls.PAPER_TABLE2)
+    assert all(timm.is_model(m.arm) for m in paper.TABLE2)
+    assert "ImageNet-1k" in paper.TABLE2_SOURCE
     assert set(cls.CELL_METRICS) >= {"top1", "top5", "val_loss", "params", "gflops", "images_per_s"}
 
 
@@ -222,7 +224,7 @@ def test_cli_bad_input_is_one_line_nonzero_and_no_rows(tmp_path, capsys, bad):
 
 
 def test_profiles_validate_and_cpu_names_the_arms():
-    from benchmarks.suites import load_suite
+    from benchmarks.core.suites import load_suite
 
     cpu = load_suite("cpu")["classification"]
     arms = cpu["tasks"]["digits"]["arms"]
@@ -255,7 +257,7 @@ def test_dry_run_lists_cells_even_where_data_is_absent(tmp_path, capsys):
 def test_summary_against_hand_computed_values():
     import pandas as pd
 
-    from benchmarks import classification_study as study
+    from benchmarks.studies.classification import summary as study
 
     top1 = {ARMS[0]: [0.90, 0.92, 0.94], ARMS[1]: [0.91, 0.95, 0.96]}
     rows = [dict(kind="classification", error=None, task="digits", variant=a, seed=s, metric="top1", value=v)
@@ -294,7 +296,7 @@ def test_smoke_cell_runs_twice_identically_through_the_harness(tmp_path):
                "--results-dir", str(tmp_path / f"r{i}")]  # fmt: skip
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
-        from benchmarks.store import list_runs, load_rows
+        from benchmarks.core.store import list_runs, load_rows
 
         (run,) = list_runs(tmp_path / f"r{i}", "smoke")
         df = load_rows([run])
@@ -311,7 +313,7 @@ def test_derive_writes_each_block_from_the_run_of_its_kind(tmp_path, capsys):
     from pathlib import Path
 
     from benchmarks.__main__ import main
-    from benchmarks.store import select_runs
+    from benchmarks.core.store import select_runs
 
     published = Path(__file__).resolve().parents[1] / "results" / "cpu"
     if not any(published.glob("*/run.json")):
@@ -342,7 +344,7 @@ def test_derive_writes_each_block_from_the_run_of_its_kind(tmp_path, capsys):
 def test_docstring_examples():
     import doctest
 
-    from benchmarks import classification_study  # noqa: F401  (imports cleanly, registers the metrics)
+    import benchmarks.studies.classification  # noqa: F401  (imports cleanly, registers the metrics)
 
     for module in (cls, digits):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

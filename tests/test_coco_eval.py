@@ -12,8 +12,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from benchmarks.coco_eval import SubsetCOCOeval, evaluate_detections, load_gt
-from benchmarks.data.scenes import make_scenes
+from benchmarks.studies.detection.coco_eval import SubsetCOCOeval, evaluate_detections, load_gt
+from benchmarks.studies.detection.data.scenes import make_scenes
 
 # one image, two objects of one class: A fully visible, B 30% visible (heavy occlusion)
 A, B = [0, 0, 10, 10], [50, 50, 10, 10]

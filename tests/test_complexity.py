@@ -9,14 +9,14 @@ import warnings
 import pytest
 import torch
 
-from benchmarks import complexity as cx
 from benchmarks.__main__ import main
-from benchmarks.cells import Cell
-from benchmarks.complexity import operator as opmod
-from benchmarks.flops import analytic_counts, count_flops_torch, count_macs_fvcore
-from benchmarks.runner import Context, run_groups
-from benchmarks.store import load_rows, make_row
-from benchmarks.suites import validate_suite
+from benchmarks.core.cells import Cell
+from benchmarks.core.flops import analytic_counts, count_flops_torch, count_macs_fvcore
+from benchmarks.core.runner import Context, run_groups
+from benchmarks.core.store import load_rows, make_row
+from benchmarks.core.suites import validate_suite
+from benchmarks.studies import complexity as cx
+from benchmarks.studies.complexity import operator as opmod
 
 SHAPES = [(1, 16, 32, 4), (2, 33, 48, 4)]  # (B, N, C, H), an odd N included
 OPS = ["floor", "softmax", "sdpa", "tssa:naive", "layer:tssa:naive", "layer:sdpa", "layer:softmax"]
@@ -268,7 +268,7 @@ def test_sweep_writes_typed_rows_with_registry_units(tmp_path):
         "cell_hash",
     ):
         assert df[col].notna().all(), col
-    from benchmarks.metrics import METRICS
+    from benchmarks.core.metrics import METRICS
 
     assert all(METRICS[m].unit == u for m, u in zip(df["metric"], df["unit"]))
     lat = df[df["metric"] == "latency_ms"]

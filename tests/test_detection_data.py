@@ -12,8 +12,19 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.data.real import DataError, box_occlusion_proxy, resolve_data_yaml, yolo_val_to_coco
-from benchmarks.data.scenes import CLASSES, annotate, area_thresholds, make_scenes, size_bucket
+from benchmarks.studies.detection.data.real import (
+    DataError,
+    box_occlusion_proxy,
+    resolve_data_yaml,
+    yolo_val_to_coco,
+)
+from benchmarks.studies.detection.data.scenes import (
+    CLASSES,
+    annotate,
+    area_thresholds,
+    make_scenes,
+    size_bucket,
+)
 
 
 def _digest(root: Path) -> str:
@@ -63,7 +74,7 @@ def test_cli_writes_the_dataset(tmp_path):
     args = [
         sys.executable,
         "-m",
-        "benchmarks.data.scenes",
+        "benchmarks.studies.detection.data.scenes",
         str(tmp_path / "cli"),
         "--n-train",
         "2",

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from benchmarks.store import list_runs, load_rows
-from benchmarks.suites import SuiteError, load_suite, validate_suite
+from benchmarks.core.store import list_runs, load_rows
+from benchmarks.core.suites import SuiteError, load_suite, validate_suite
 
 
 def _run(results, *extra):
@@ -30,7 +30,7 @@ def _started_cells(results) -> int:
 
 
 def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_accuracy_number(tmp_path):
-    from benchmarks.detection import ACCURACY_METRICS
+    from benchmarks.studies.detection.section import ACCURACY_METRICS
 
     a = _run(tmp_path / "a")
     assert a.returncode == 0, a.stderr[-2000:]
@@ -72,7 +72,7 @@ def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_ac
 
 
 def test_the_progress_bar_counts_epochs_over_all_cells():
-    from benchmarks.detection_study import progress_line
+    from benchmarks.studies.detection.cells import progress_line
 
     assert progress_line(2, 9, 4, 16, 20, 144, width=10) == "[#---------] 14% cell 2/9 epoch 4/16"
     assert progress_line(9, 9, 16, 16, 144, 144, width=4) == "[####] 100% cell 9/9 epoch 16/16"

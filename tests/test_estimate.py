@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.cells import Cell
-from benchmarks.estimate import cell_durations, describe_estimate, estimate_seconds
-from benchmarks.store import Run
+from benchmarks.core.cells import Cell
+from benchmarks.core.estimate import cell_durations, describe_estimate, estimate_seconds
+from benchmarks.core.store import Run
 
 
 def _det(seed, epochs=16):

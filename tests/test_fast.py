@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tssa.ops.stream as stream_mod
-from benchmarks.floor import memory_ratios
+from benchmarks.studies.complexity.floor import memory_ratios
 from tssa.nn import TokenStatisticsAttention
 from tssa.ops import resolve_impl, tssa
 from tssa.ops.naive import tssa_naive

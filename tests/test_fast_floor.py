@@ -1,4 +1,4 @@
-"""benchmarks.floor: the layer over its two projections, measured as cells of a run; the CLI."""
+"""benchmarks.studies.complexity.floor: the layer over its two projections, measured as cells of a run; the CLI."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from benchmarks import floor
-from benchmarks.complexity.operator import core_traffic_bytes
-from benchmarks.store import list_runs
+from benchmarks.core.store import list_runs
+from benchmarks.studies.complexity import floor
+from benchmarks.studies.complexity.operator import core_traffic_bytes
 
 
 def test_memory_ratios_are_exact_and_rank_the_paths():
@@ -37,7 +37,7 @@ def test_cli_measures_cells_into_a_run_and_writes_the_readme_block(capsys, tmp_p
     assert re.search(r"N=   128  fwd\+bwd memory  naive=\d+\.\d\dx  stream=\d+\.\d\dx", out)
     (run,) = list_runs(tmp_path / "r", "floor", "local")
     assert run.summary() == {"finished": 6}  # 3 variants x 2 passes
-    assert "python -m benchmarks.floor --tokens 128" in readme.read_text()
+    assert "python -m benchmarks.studies.complexity.floor --tokens 128" in readme.read_text()
     # the same command resumes nothing (the run is complete) and a second run starts
     assert floor.main(argv) == 0
     assert len(list_runs(tmp_path / "r", "floor", "local")) == 2

@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.core.registry import ReportPart
 from benchmarks.report import build, claims, figures
 from benchmarks.report.render import Col, Table, best_row, escape_latex, to_latex, to_markdown
+from benchmarks.studies.classification import report as cls_report
+from benchmarks.studies.complexity import report as cx_report
+from benchmarks.studies.detection import report as det_report
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TEX = shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
@@ -82,10 +86,19 @@ def _yolo(params, gflops):
     )
 
 
+def _ledger(ops, yolo, cls) -> pd.DataFrame:
+    """The ledger of the complexity and classification studies' claims from constructed rows."""
+    o = cx_report.operator_rows(ops)
+    parts = [ReportPart(4, 0, claims=[*cx_report._slope_claims(o, 1024), cx_report._speed_16k(o)]),
+             ReportPart(2, 1, claims=cx_report._fork_counts(yolo)),
+             ReportPart(3, 3, claims=cls_report._classification_claim(cls))]  # fmt: skip
+    return claims.ledger(parts)
+
+
 def test_ledger_verdicts_from_constructed_rows():
     ops = pd.DataFrame(_ops("tssa:stream", 1.0) + _ops("layer:tssa", 2.0)
                        + _ops("tssa:stream", 1.0, "fwd+bwd", "peak_mib"))  # fmt: skip
-    led = claims.ledger(ops, None, _yolo(2_606_000, 6.6), pd.DataFrame()).set_index("claim")
+    led = _ledger(ops, _yolo(2_606_000, 6.6), pd.DataFrame()).set_index("claim")
     assert led.loc["Linear time in N (core)", "verdict"] == "supported"
     assert led.loc["Linear time in N (layer)", "verdict"] == "contradicted"  # quadratic rows
     assert led.loc["Linear memory in N (core)", "verdict"] == "supported"
@@ -94,14 +107,14 @@ def test_ledger_verdicts_from_constructed_rows():
     assert led.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "supported"
     assert led.loc["ToST on par with its softmax and XCA controls", "verdict"] == claims.NOT_TESTABLE
     assert "GPU" in led.loc["16K tokens: ToST ~12 ms vs ViT ~300 ms, ~0.13 GB vs ~17 GB", "why"]
-    led2 = claims.ledger(ops, None, _yolo(2_700_000, 7.1), pd.DataFrame()).set_index("claim")
+    led2 = _ledger(ops, _yolo(2_700_000, 7.1), pd.DataFrame()).set_index("claim")
     assert led2.loc["yolo11n-TSSA has 2.61M parameters", "verdict"] == "contradicted"
     assert led2.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "contradicted"
     assert set(led["verdict"]) <= set(claims.VERDICTS)
 
 
 def test_ledger_detection_and_classification_verdicts():
-    from benchmarks.suites import load_suite
+    from benchmarks.core.suites import load_suite
 
     section = load_suite("cpu")["detection"]
     rows = []
@@ -114,10 +127,10 @@ def test_ledger_detection_and_classification_verdicts():
             for m, d in diff.items():
                 v = 0.3 + 0.01 * seed + (d if arm == "yolo11n-tssa" else 0.0)
                 rows.append(dict(kind="detection", error=None, variant=arm, seed=seed, metric=m, value=v))
-    from benchmarks import detection_study
+    from benchmarks.studies.detection import summary as detection_study
 
     s = detection_study.summary(pd.DataFrame(rows), section)
-    det = claims._detection_claims(s)
+    det = det_report._detection_claims(s)
     got = {r["claim"]: r["verdict"] for r in det}
     assert got["Better multi-scale detection: AP small"] == "supported"
     assert got["Better multi-scale detection: AP large"] == "contradicted"
@@ -125,10 +138,10 @@ def test_ledger_detection_and_classification_verdicts():
     assert got["Better occluded detection: AP, heavy occlusion"] == "equivalent"
     cls = pd.DataFrame([dict(kind="classification", error=None, variant=v, seed=s_, metric="top1", value=x + 0.001 * s_)
                         for s_ in range(3) for v, x in (("tost_tiny", 0.700), ("tost_softmax_tiny", 0.7005))])  # fmt: skip
-    from benchmarks import metrics
+    from benchmarks.core import metrics
 
     metrics.register("top1", "1", True, "top-1", "top-1", 4)
-    c = claims._classification_claim(cls)
+    c = cls_report._classification_claim(cls)
     assert [r["verdict"] for r in c] == ["equivalent"]
 
 
@@ -163,10 +176,10 @@ def test_figures_axes_series_units(monkeypatch, tmp_path):
         captured[name] = fig
         return []
 
-    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(cx_report, "save", keep)
     ops = pd.DataFrame(_ops("sdpa", 2.0) + _ops("tssa:stream", 1.0) + _ops("layer:tssa", 1.0)
                        + _ops("tssa:stream", 1.0, "fwd+bwd", "peak_mib") + _ops("sdpa", 1.0, "fwd", "flops_analytic"))  # fmt: skip
-    figures.complexity(ops, tmp_path, "src")
+    cx_report.complexity(ops, tmp_path, "src")
     fig = captured["complexity"]
     axes = fig.axes
     assert len(axes) == 6

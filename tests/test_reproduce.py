@@ -1,10 +1,10 @@
-"""Reproduction across runs (benchmarks.reproduce): same cells again on the same machine, values compared bit for bit."""
+"""Reproduction across runs (benchmarks.core.reproduce): same cells again on the same machine, values compared bit for bit."""
 
 from __future__ import annotations
 
-from benchmarks import detection_study  # noqa: F401  (registers the detection metrics)
-from benchmarks.reproduce import compare
-from benchmarks.store import Run, list_runs, make_row
+import benchmarks.studies  # noqa: F401  (registers the detection metrics)
+from benchmarks.core.reproduce import compare
+from benchmarks.core.store import Run, list_runs, make_row
 
 
 def _run(parent, values: dict[str, dict[str, float]], complete=True) -> Run:

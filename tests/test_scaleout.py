@@ -11,11 +11,11 @@ import time
 import cloudpickle
 import pytest
 
-from benchmarks import scaleout
-from benchmarks.cells import Cell
-from benchmarks.runner import Group, Outcome, run_groups
-from benchmarks.store import Run, load_rows
-from benchmarks.suites import SuiteError, validate_suite
+from benchmarks.core import jobs, scaleout
+from benchmarks.core.cells import Cell
+from benchmarks.core.runner import Group, Outcome, run_groups
+from benchmarks.core.store import Run, load_rows
+from benchmarks.core.suites import SuiteError, validate_suite
 
 submitit = pytest.importorskip("submitit")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's planners travel by value
@@ -53,7 +53,7 @@ def _operator_suite():
 
 
 def _plan_operator(suite_name, suite):
-    from benchmarks import complexity
+    from benchmarks.studies import complexity
 
     return complexity.plan(suite_name, suite, ("operator",))
 
@@ -86,8 +86,8 @@ def test_a_sweep_through_submitit_workers_gives_the_rows_of_the_local_executor(t
 
 
 def test_a_resumed_sweep_skips_finished_cells_and_reports_a_dead_workers_cell_failed(tmp_path, monkeypatch):
-    from benchmarks.runner import Context, execute_group, open_run
-    from benchmarks.store import JOB_ENV
+    from benchmarks.core.runner import Context, execute_group, open_run
+    from benchmarks.core.store import JOB_ENV
 
     suite = validate_suite({"name": "resume"})
     groups = _plan_many("resume", suite)[:4]
@@ -208,7 +208,7 @@ def test_many_workers_appending_at_once_lose_and_duplicate_nothing(tmp_path):
 
 # --------------------------------------------------------------------------- liveness and schema
 def test_a_cell_held_by_a_live_job_is_left_and_one_of_an_ended_job_is_reaped(tmp_path, monkeypatch):
-    from benchmarks.store import JOB_ENV
+    from benchmarks.core.store import JOB_ENV
 
     run = Run.create(tmp_path, "s", {"name": "s"})
     monkeypatch.setenv(JOB_ENV, f"local:{os.getppid()}")  # a live controller on this host
@@ -218,12 +218,12 @@ def test_a_cell_held_by_a_live_job_is_left_and_one_of_an_ended_job_is_reaped(tmp
     monkeypatch.delenv(JOB_ENV)
     assert run.reap() == ["dead"]
     assert run.status()["live"].event == "started"
-    assert scaleout.job_gone(f"local:{os.getpid()}", "another-host") is False  # cannot tell: alive
+    assert jobs.job_gone(f"local:{os.getpid()}", "another-host") is False  # cannot tell: alive
 
 
 def test_executor_section_is_validated_and_left_out_of_the_run_identity():
-    from benchmarks.store import config_hash
-    from benchmarks.suites import load_suite
+    from benchmarks.core.store import config_hash
+    from benchmarks.core.suites import load_suite
 
     plain = validate_suite({"name": "x", "seed": 3})
     assert "executor" not in plain  # a suite without the section keeps its configuration hash
@@ -252,7 +252,7 @@ def test_submitting_to_slurm_without_slurm_is_one_clear_line(tmp_path, monkeypat
 # -------------------------------------------------------------------------------------------- merging
 def _node_rows(suite, machine_id, device, seed, latency):
     node = {"machine": machine_id, "machine_name": f"node {machine_id}", "device_name": device}
-    from benchmarks.store import make_row
+    from benchmarks.core.store import make_row
 
     out = []
     for arm, ap in (("yolo11n", 0.30), ("yolo11n-tssa", 0.32)):
@@ -276,9 +276,9 @@ def _node_rows(suite, machine_id, device, seed, latency):
 
 
 def test_rows_of_several_machines_merge_with_each_named_and_timings_never_pooled(tmp_path):
-    from benchmarks import detection_study  # noqa: F401  (registers the detection metrics)
-    from benchmarks.detection_study import run_blocks
-    from benchmarks.suites import load_suite
+    import benchmarks.studies  # noqa: F401  (registers the detection metrics)
+    from benchmarks.core.suites import load_suite
+    from benchmarks.studies.detection.summary import run_blocks
 
     det = load_suite("smoke")["detection"]
     run = Run.create(tmp_path, "merge", {"name": "merge", "detection": det})
@@ -298,8 +298,8 @@ def test_rows_of_several_machines_merge_with_each_named_and_timings_never_pooled
 
 
 def test_complexity_rows_of_two_nodes_derive_separately(tmp_path):
-    from benchmarks.complexity import derive
-    from benchmarks.store import make_row
+    from benchmarks.core.store import make_row
+    from benchmarks.studies.complexity import derive
 
     run = Run.create(tmp_path, "cx", {"name": "cx"})
     for mid, scale in (("aaaa", 1.0), ("bbbb", 3.0)):
@@ -322,10 +322,10 @@ def test_a_slurm_jobs_liveness_comes_from_sacct_through_submitit(tmp_path, monke
                      "77_3|NODE_FAIL|n3\\n'\n")  # fmt: skip
     sacct.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    assert scaleout.job_gone("slurm:77_1") is True
-    assert scaleout.job_gone("slurm:77_2") is False
-    assert scaleout.job_gone("slurm:77_3") is True
-    assert scaleout.job_gone("slurm:77_9") is False  # sacct does not know it (yet): counted alive
+    assert jobs.job_gone("slurm:77_1") is True
+    assert jobs.job_gone("slurm:77_2") is False
+    assert jobs.job_gone("slurm:77_3") is True
+    assert jobs.job_gone("slurm:77_9") is False  # sacct does not know it (yet): counted alive
 
 
 TINY_YAML = """name: scaletiny

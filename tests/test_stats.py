@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks.stats import describe, holm, paired_differences, verdict, verdicts
+from benchmarks.core.stats import describe, holm, paired_differences, verdict, verdicts
 
 T975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables)
 
@@ -114,7 +114,7 @@ def test_verdicts_from_a_table():
 
 
 def test_markdown_cells_of_the_study_summaries():
-    from benchmarks.stats import difference_cells, interval_text, mean_sd_cells
+    from benchmarks.core.stats import difference_cells, interval_text, mean_sd_cells
 
     desc = pd.DataFrame(
         [

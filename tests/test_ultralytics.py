@@ -297,14 +297,14 @@ def test_flops_count_attention_at_the_true_size():
 
 def test_table_script_writes_readme(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("# t\n\n<!-- yolo-table:start -->\nold\n<!-- yolo-table:end -->\n\ntail\n")
-    script = ROOT / "scripts" / "yolo_table.py"
+    readme.write_text("# t\n\n<!-- yolo-table:begin -->\nold\n<!-- yolo-table:end -->\n\ntail\n")
     suite = tmp_path / "table.yaml"
     suite.write_text(
         "name: table-test\nthreads: 1\ncomplexity:\n  model:\n    passes: [fwd]\n    timing: false\n"
         "    profile_max_size: 0\n    yolo: {variants: [yolo11n, yolo11n-tssa], image_sizes: [640]}\n"
     )
-    cmd = [sys.executable, str(script), "--suite", str(suite), "--results-dir", str(tmp_path / "r")]
+    cmd = [sys.executable, "-m", "benchmarks.studies.complexity.yolo_table", "--suite", str(suite), "--results-dir",
+           str(tmp_path / "r")]  # fmt: skip
     r = subprocess.run([*cmd, "--write-readme", str(readme)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     text = readme.read_text()
@@ -315,5 +315,5 @@ def test_table_script_writes_readme(tmp_path):
     bad = tmp_path / "BAD.md"
     bad.write_text("no markers\n")
     r = subprocess.run([*cmd, "--write-readme", str(bad)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "yolo-table:start" in r.stderr
+    assert r.returncode == 2 and "yolo-table:begin" in r.stderr
     assert bad.read_text() == "no markers\n"

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import tssa.ultralytics as tu
-from benchmarks.data.shapes import CLASSES, make_shapes
+from benchmarks.studies.detection.data.shapes import CLASSES, make_shapes
 
 IMGSZ = 64
 

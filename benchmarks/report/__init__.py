@@ -3,10 +3,10 @@ report.pdf, and the README's Markdown from the same frames.
 
     python -m benchmarks report [--results-dir results] [--out reports] [--readme README.md] [--no-pdf]
 
-Runs are chosen by the store (:func:`benchmarks.store.select_runs`): per suite and machine the
-latest complete run that holds rows of the kind a table needs (complexity sweeps and the detection
-study of the ``cpu`` suite, the ``yolo-table`` counts, classification rows when any run has them).
-Nothing is measured or recomputed from models. A kind without rows is named in one line and its
+Every registered study (:mod:`benchmarks.core.registry`) gives its part: its tables, figures and
+claims from the runs it reads (:class:`ReportContext`: per suite and machine the latest complete run
+that holds rows of the kind a table needs, chosen by :func:`benchmarks.core.store.select_runs`).
+The report imports no study. Nothing is measured or recomputed from models. A kind without rows is named in one line and its
 tables say so; the rest still renders. Outputs are byte-identical on a rebuild from the same rows.
 """
 
@@ -20,9 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.core.registry import ReportFigure, ReportPart
 from benchmarks.report.render import Table, escape_latex, to_latex, to_markdown
 
-__all__ = ["build", "Report", "to_latex", "to_markdown", "escape_latex", "PREAMBLE"]
+__all__ = [
+    "build",
+    "Report",
+    "ReportContext",
+    "ReportPart",
+    "ReportFigure",
+    "to_latex",
+    "to_markdown",
+    "escape_latex",
+    "PREAMBLE",
+]
 
 SOURCE_DATE_EPOCH = "1764288000"  # 2025-11-28 00:00 UTC: fixed, so the PDF carries no build time
 PREAMBLE = r"""\documentclass[10pt]{article}
@@ -38,110 +49,63 @@ class Report:
     """What one build wrote and what it could not render."""
 
     tables: dict[str, Table] = field(default_factory=dict)
-    figures: dict[str, tuple[list[Path], str]] = field(default_factory=dict)  # name -> (paths, caption)
+    figures: dict[str, ReportFigure] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     ledger: pd.DataFrame | None = None
     markdown: dict[str, str] = field(default_factory=dict)
     pdf: Path | None = None
 
 
-def _rows(results_dir, suite: str | None, kind: str) -> pd.DataFrame:
-    from benchmarks.store import load_rows, select_runs
+@dataclass(frozen=True)
+class ReportContext:
+    """What a study's report hook reads: the rows and runs of the results folder, and where to draw."""
 
-    runs = select_runs(results_dir, suite, None, "all", kind=kind)
-    df = load_rows(runs)
-    if df.empty or "kind" not in df:
-        return df
-    return df[df["kind"] == kind].reset_index(drop=True)
+    results_dir: str
+    out: Path
+
+    def runs(self, suite: str | None, kind: str | None) -> list:
+        """Per suite and machine, the latest complete run (holding rows of ``kind`` when given)."""
+        from benchmarks.core.store import select_runs
+
+        return select_runs(self.results_dir, suite, None, "all", kind=kind)
+
+    def rows(self, suite: str | None, kind: str) -> pd.DataFrame:
+        """The rows of ``kind`` of :meth:`runs` (an empty frame when there are none)."""
+        from benchmarks.core.store import load_rows
+
+        df = load_rows(self.runs(suite, kind))
+        if df.empty or "kind" not in df:
+            return df
+        return df[df["kind"] == kind].reset_index(drop=True)
 
 
 def build(results_dir="results", out="reports", readme=None, pdf: bool = True, log=print) -> Report:
     """Render every table and figure that the rows allow into ``out`` (``tables/``, ``figures/``,
-    ``report.tex``, ``report.pdf`` when latexmk exists); with ``readme``, write its report blocks."""
-    from benchmarks import classification_study, detection_study  # noqa: F401
+    ``report.tex``, ``report.pdf`` when latexmk exists); with ``readme``, write its report blocks.
 
-    classification_study.register_metrics()  # the studies' metrics, for rows of either kind
-    from benchmarks.report import claims, figures, tables
-    from benchmarks.store import select_runs
+    Every registered study with a report hook contributes its parts (:class:`ReportPart`): tables,
+    figures and missing lines in the parts' ``order``, claims in their ``ledger_order``."""
+    from benchmarks.core.registry import studies
+    from benchmarks.report import claims
+    from benchmarks.report.tables import provenance_short
 
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    ctx = ReportContext(str(results_dir), out)
+    parts = [p for s in studies() if s.report is not None for p in s.report(ctx)]
+    if not parts:
+        raise ValueError("no registered study has a report part; import benchmarks.studies (or register one)")
     rep = Report()
-    cx = _rows(results_dir, "cpu", "complexity")
-    det = _rows(results_dir, "cpu", "detection")
-    yolo = _rows(results_dir, "yolo-table", "complexity")
-    cls = _rows(results_dir, None, "classification")
-    gpu = [r.id for r in select_runs(results_dir, "gpu", None, "all")]
-    if not gpu:
-        rep.missing.append("gpu: no complete run of the gpu suite under results/ (no GPU rows); GPU claims are "
-                           "marked not testable here")  # fmt: skip
-
-    summary = None
-    if det.empty:
-        rep.missing.append("detection: no rows of kind 'detection' in the cpu suite's runs")
-    else:
-        run = select_runs(results_dir, "cpu", None, "all", kind="detection")[-1]
-        section = run.record["config"]["detection"]
-        ref = section.get("reference", "yolo11n")
-        for which in ("size", "occlusion"):
-            t = tables.detection_accuracy(det, ref, which)
-            if t:
-                rep.tables[t.name] = t
-        t, summary = tables.detection_diffs(det, section)
-        if t:
-            rep.tables[t.name] = t
-        t = tables.efficiency(det, ref)
-        if t:
-            rep.tables[t.name] = t
-        ok = det[det["error"].isna()]
-        prov = tables.provenance(det)
-        paths = figures.accuracy_by_stratum(ok, out / "figures", ref)
-        rep.figures["detection_strata"] = (paths, "AP50-95 by object size and by occlusion level per arm: mean "
-                                           f"over seeds with ±1 sd error bars. {prov}.")  # fmt: skip
-        if summary is not None and not summary["diffs"].empty:
-            paths = figures.paired_differences(summary["diffs"], out / "figures", summary["rope"], ref,
-                                               tables.diff_metrics(section))  # fmt: skip
-            rep.figures["detection_diffs"] = (paths, "Paired differences in AP against the stock model (same "
-                                              "seed) with 95% t intervals; the shaded band is the region of "
-                                              f"practical equivalence ±{summary['rope']} AP. {prov}.")  # fmt: skip
-    if yolo.empty:
-        rep.missing.append("yolo-table: no complete run of the yolo-table suite (model counts)")
-    else:
-        t = tables.yolo_models(yolo)
-        if t:
-            rep.tables[t.name] = t
-    t, miss = tables.tost_controls(cls)
-    rep.tables[t.name] = t
-    if miss:
-        rep.missing.append(f"classification: {miss}")
-    if cx.empty:
-        rep.missing.append("complexity: no rows of kind 'complexity' in the cpu suite's runs")
-    else:
-        for level in ("core", "layer"):
-            t = tables.operator_cost(cx, level)
-            if t:
-                rep.tables[t.name] = t
-        t, _ = tables.slopes(cx)
-        if t:
-            rep.tables[t.name] = t
-        ops = tables.operator_rows(cx)
-        prov = tables.provenance(ops)
-        paths = figures.complexity(ops, out / "figures", prov)
-        rep.figures["complexity"] = (paths, "Operator cost against the number of tokens N on log-log axes, core "
-                                     "(left) and layer (right): median forward time, exact forward+backward peak "
-                                     "memory and forward FLOPs (2 per multiply-accumulate plus elementwise work); "
-                                     "grey guides O(N) dashed and O(N²) dotted, through the reference's first "
-                                     f"point. {prov}.")  # fmt: skip
-        paths = figures.complexity(ops, out / "figures", prov, width=figures.COLUMN_IN,
-                                   quantities=figures.QUANTITIES[:1], name="complexity_time_column")  # fmt: skip
-        rep.figures["complexity_time_column"] = (paths, "Median forward time against N (column width), core and "
-                                                 f"layer, with O(N) and O(N²) guides. {prov}.")  # fmt: skip
-    rep.ledger = claims.ledger(cx, summary, yolo, cls)
-    frames = [d for d in (cx, det, yolo, cls) if not d.empty]
+    for p in sorted(parts, key=lambda p: p.order):
+        rep.missing += p.missing
+        rep.tables.update({t.name: t for t in p.tables})
+        rep.figures.update({f.name: f for f in p.figures})
+    rep.ledger = claims.ledger(parts)
+    frames = [p.rows for p in parts if p.rows is not None and not p.rows.empty]
     allrows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     rep.tables["claims"] = claims.ledger_table(
-        rep.ledger, tables.provenance_short(allrows) if not allrows.empty else "none"
+        rep.ledger, provenance_short(allrows) if not allrows.empty else "none"
     )
 
     for name, t in rep.tables.items():
@@ -181,9 +145,9 @@ def report_tex(rep: Report) -> str:
     order = ["claims", *[n for n in rep.tables if n != "claims"]]
     for n in order:
         lines.append(rf"\input{{tables/{n}}}")
-    for name, (_paths, cap) in rep.figures.items():
-        wide = "column" not in name and name != "detection_strata" and name != "detection_diffs"
-        env = "figure*" if wide else "figure"
+    for name, fig in rep.figures.items():
+        cap = fig.caption
+        env = "figure*" if fig.wide else "figure"
         # natural size: the figures are drawn at 3.25 in (column) or 6.75 in (text width) with 6-7 pt text
         lines += [rf"\begin{{{env}}}[tbp]", r"\centering", rf"\includegraphics{{figures/{name}.pdf}}",
                   rf"\caption{{{escape_latex(cap)}}}", rf"\label{{fig:{name.replace('_', '-')}}}",
@@ -223,14 +187,15 @@ def compile_pdf(tex: Path, log=print) -> Path | None:
 
 def write_readme(readme, rep: Report) -> None:
     """The README's report blocks: the claims ledger (Markdown from the same frame) and the main figure."""
-    from benchmarks.complexity.derive import write_readme_block
+    from benchmarks.core.readme import write_block
 
     cmd = "Written by `python -m benchmarks report --readme README.md` (`tox -e report`) from the committed rows."
     parts = [cmd, ""]
     if rep.missing:
         parts += ["Missing from the rows: " + "; ".join(rep.missing) + ".", ""]
     parts.append(rep.markdown["claims"])
-    if "complexity" in rep.figures:
-        parts += ["", "![Operator cost against N, core and layer, log-log, with O(N) and O(N²) guides]"
-                  "(reports/figures/complexity.png)", "", rep.figures["complexity"][1]]  # fmt: skip
-    write_readme_block(readme, "report", "\n".join(parts))
+    for fig in rep.figures.values():
+        if fig.readme_alt:
+            png = next(p for p in fig.paths if str(p).endswith(".png"))
+            parts += ["", f"![{fig.readme_alt}](reports/figures/{Path(png).name})", "", fig.caption]
+    write_block(readme, "report", "\n".join(parts))

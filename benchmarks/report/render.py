@@ -72,6 +72,7 @@ class Col:
     plain_unit: str = ""
     higher_is_better: bool | None = None
     width: str = ""  # text columns: a p{} width such as "4cm" (default: l)
+    align: str = ""  # Markdown: "right" aligns a text column right (numbers printed as text)
 
 
 @dataclass
@@ -90,6 +91,29 @@ class Table:
     note: str = ""  # plain text under the caption's first sentence (escaped)
     small: bool = False
     extra: dict = field(default_factory=dict)
+    labels: list[str] | None = None  # shown instead of ``rows`` (row keys must be unique, labels need not)
+
+    def row_label(self, row: str) -> str:
+        return self.labels[self.rows.index(row)] if self.labels is not None else row
+
+
+def text_table(name: str, stub: str, columns, rows, caption: str = "") -> Table:
+    """A table of preformatted text: ``columns`` are ``(header, "left" | "right")``, ``rows`` lists of
+    strings (the first is the row's label; labels may repeat). For summaries whose cells are already
+    formatted (``mean ± sd (n)``, intervals), rendered by the same :func:`to_markdown` as every table.
+
+    >>> print(to_markdown(text_table("t", "arm", [("score", "right")], [["a", "1.0"], ["a", "2.0"]]), title=False))
+    | arm | score |
+    | --- | ---: |
+    | a | 1.0 |
+    | a | 2.0 |
+    <BLANKLINE>
+    """
+    cols = [Col(f"c{j}", h, h, "text", align=a) for j, (h, a) in enumerate(columns)]
+    keys = [f"r{i}" for i in range(len(rows))]
+    recs = [dict(row=k, col=f"c{j}", text=v) for k, r in zip(keys, rows) for j, v in enumerate(r[1:])]
+    cells = pd.DataFrame(recs, columns=["row", "col", "text"])
+    return Table(name, caption, f"tab:{name}", stub, keys, cols, cells, labels=[r[0] for r in rows])
 
 
 def _get(t: Table, row: str, col: str) -> pd.Series | None:
@@ -204,7 +228,7 @@ def display_frame(t: Table, latex: bool) -> pd.DataFrame:
                 v = rf"\bfseries {v}" if latex else f"**{v}**"
             vals.append(v)
         data[col.key] = vals
-    return pd.DataFrame(data, index=pd.Index(t.rows, name=None))
+    return pd.DataFrame(data, index=pd.Index(t.rows, name=None))  # keyed by row; labels via Table.row_label
 
 
 def to_latex(t: Table) -> str:
@@ -219,7 +243,9 @@ def to_latex(t: Table) -> str:
             fmt.append(f"{rag}p{{{c.width}}}" if c.width else "l")
         else:
             fmt.append(f"S[table-format={_table_format(t, c)}]")
-    df.index = [escape_latex(r) for r in df.index]  # the same escaping as captions and text cells
+    df.index = [
+        escape_latex(t.row_label(r)) for r in df.index
+    ]  # the same escaping as captions and text cells
     styler = df.style
     body = styler.to_latex(
         column_format="".join(fmt),
@@ -257,12 +283,17 @@ def to_markdown(t: Table, title: bool = True) -> str:
     """The same table as GitHub Markdown (caption as a bold first line when ``title``)."""
     df = display_frame(t, latex=False)
     heads = [_header_md(c) for c in t.cols]
-    right = ["---" if c.style == "text" else "---:" for c in t.cols]
+    right = ["---" if c.style == "text" and c.align != "right" else "---:" for c in t.cols]
     lines = [f"**{t.caption}**", ""] if title else []
     lines += ["| " + " | ".join([t.stub, *heads]) + " |", "| " + " | ".join(["---", *right]) + " |"]
     for r in t.rows:
         vals = [str(v).replace("|", "\\|") for v in df.loc[r]]
-        lines.append("| " + " | ".join([r, *vals]) + " |")
+        lines.append("| " + " | ".join([t.row_label(r), *vals]) + " |")
     if t.note:
         lines += ["", t.note]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(stub: str, columns, rows) -> str:
+    """:func:`text_table` rendered by :func:`to_markdown` without a title line or a trailing newline."""
+    return to_markdown(text_table("text", stub, columns, rows), title=False).rstrip("\n")

@@ -4,7 +4,7 @@ These quantities do not depend on the machine or its load, so they are compared 
 any change of the arithmetic (a doubled pass, extra work on part of the tokens, an N x N product)
 or of the allocations (a new full-size temporary, an N x N buffer) fails, and an intended change is
 recorded with ``TSSA_PERF_REFRESH=1`` (see ``_expected.py``). FLOPs follow
-:func:`benchmarks.flops.count_flops_torch` (the project's one FLOP convention: elementwise ops,
+:func:`benchmarks.core.flops.count_flops_torch` (the project's one FLOP convention: elementwise ops,
 reductions and softmax counted); bytes are the
 dispatch-level peak of :class:`tssa.utils.LiveTensorTracker` (storages created inside, inputs excluded).
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 from _expected import expected, record, refreshing
 
-from benchmarks.flops import count_flops_torch as count_flops
+from benchmarks.core.flops import count_flops_torch as count_flops
 from tssa.nn import TokenStatisticsAttention
 from tssa.ops import resolve_impl, tssa
 from tssa.utils import LiveTensorTracker

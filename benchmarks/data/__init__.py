@@ -1,1 +1,0 @@
-"""Datasets the benchmarks use: generated on the fly, never downloaded."""

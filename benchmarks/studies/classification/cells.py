@@ -1,0 +1,72 @@
+"""The classification study's cells: suite section -> cells, and the executor of one cell.
+
+Each (task, arm, seed) of a suite's ``classification:`` section (:mod:`benchmarks.studies.classification.train`)
+is one cell of kind ``classification``, executed alone by
+:func:`benchmarks.studies.classification.train.run_classification_cell` (timm's own model, data, optimizer,
+scheduler and loss). Every returned metric becomes a row (unit from the registry); the cell's task
+is a column of its rows (``task``).
+
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from benchmarks.core.cells import Cell
+from benchmarks.core.runner import Context, Group, Outcome, reason
+
+KIND = "classification"
+
+
+def section_of(suite: dict[str, Any]):
+    """The suite's validated classification section (:class:`~benchmarks.studies.classification.train.ClassificationSection`)."""
+    from benchmarks.studies.classification.train import parse_classification
+
+    return parse_classification(suite["classification"])
+
+
+def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) -> list[Group]:
+    """One group (one cell) per (task, arm, seed), seed-major within a task (every arm of seed 0 first)."""
+    from benchmarks.studies.classification.train import expand_cells
+
+    sec = section_of(suite)
+    device = suite.get("device", "cpu")
+    flat = expand_cells(sec, device=device, threads=int(suite.get("threads", 1)))
+    flat.sort(key=lambda c: (list(sec.tasks).index(c["task"]), sec.seeds.index(c["seed"])))  # stable
+    groups = []
+    for i, p in enumerate(flat):
+        cell = Cell.make(
+            KIND,
+            {"variant": p["variant"], "pass": "train", "seed": p["seed"], "image_size": p["data.image_size"],
+             "task": p["task"], "epochs": p["train.epochs"], "batch": p["train.batch_size"], "device": device},
+            {k: v for k, v in p.items() if k not in ("kind",)},
+        )  # fmt: skip
+        label = f"{p['task']} {p['variant']} seed {p['seed']}"
+        groups.append(Group([cell], _executor(p, i + 1, len(flat)), label=label))
+    return groups
+
+
+def _executor(params: dict[str, Any], index: int, total: int):
+    def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+        from benchmarks.studies.classification.train import run_classification_cell
+
+        (cell,) = cells
+        workdir = ctx.run.artifacts(cell.hash) if ctx.run is not None else None
+        ctx.log(f"  cell {index}/{total}: training {cell['variant']} seed {cell['seed']} on {cell['task']} "
+                f"({cell['epochs']} epochs)")  # fmt: skip
+        try:
+            values = run_classification_cell(params, workdir)
+        except Exception as exc:
+            return {cell.id: Outcome(failed=reason(exc))}
+        ctx.log(f"  {cell['variant']} seed {cell['seed']}: top-1 {values['top1']:.4f}, "
+                f"{values['train_time_s']:.1f} s training")  # fmt: skip
+        rows = []
+        for name, v in values.items():
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                rows.append(ctx.row(cell, name, None, error="no finite value"))
+            else:
+                rows.append(ctx.row(cell, name, float(v)))
+        return {cell.id: Outcome(rows=rows)}
+
+    return execute

@@ -1,0 +1,1 @@
+"""Classification data: the embedded digits and local image folders (never downloaded)."""

@@ -1,0 +1,1 @@
+"""Detection data: generated scenes and shapes (embedded, never downloaded) and real data YAMLs."""
