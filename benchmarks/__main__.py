@@ -1,6 +1,6 @@
 """Command line of the harness.
 
-    python -m benchmarks run --suite cpu [--results-dir DIR] [--retry-failed] [--dry-run]
+    python -m benchmarks run --suite cpu [--results-dir DIR] [--retry-failed] [--dry-run] [--jobs N|auto]
                              [--executor local|submitit [--partition P] [--account A] [--wait]]
     python -m benchmarks derive --suite cpu [--runs ID ...] [--scope all|published|local] [--readme README.md]
     python -m benchmarks runs [--suite cpu]          # every run: id, machine, status, cells
@@ -25,17 +25,53 @@ def _progress(done: int, total: int, label: str) -> None:
     print(f"[{done}/{total} cells] {label}", flush=True)
 
 
-def _estimate_line(args, groups, states: dict) -> str:
-    """The dry run's time estimate from cells measured before on this machine (any run of the suite)."""
-    from benchmarks.core.estimate import cell_durations, describe_estimate, estimate_seconds
+def _history(args) -> list:
+    """Runs of this suite measured on this machine (published or local): what estimates come from."""
     from benchmarks.core.store import list_runs, machine
 
     here = machine()["id"]
-    runs = [
-        r for r in list_runs(args.results_dir, args.suite_name, "all") if r.record["machine"]["id"] == here
-    ]
+    return [r for r in list_runs(args.results_dir, args.suite_name, "all") if r.record["machine"]["id"] == here]
+
+
+def _estimate_line(args, groups, states: dict, jobs: int) -> str:
+    """The dry run's time estimate from cells measured before on this machine (any run of the suite)."""
+    from benchmarks.core.estimate import cell_durations, describe_estimate, estimate_seconds
+
     todo = [[c for c in g.cells if states.get(c.id) == "todo"] for g in groups]
-    return describe_estimate(estimate_seconds(todo, cell_durations(runs)))
+    exclusive = [g.exclusive for g in groups]
+    return describe_estimate(estimate_seconds(todo, cell_durations(_history(args)), jobs=jobs, exclusive=exclusive))
+
+
+def _jobs_arg(text: str) -> str | int:
+    """``--jobs``: a positive number of worker processes, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; give a positive integer or auto") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} workers: give a positive integer (1 runs the cells in this process) or auto")
+    return n
+
+
+def _resolve_jobs(args, groups, requested) -> int:
+    """The number of workers: ``auto`` from the cores, the cells' threads and the memory their earlier
+    runs on this machine peaked at; an explicit number above the usable cores runs, with a warning."""
+    from benchmarks.core.estimate import cell_peak_mib
+    from benchmarks.core.runner import auto_jobs, available_mib, usable_cores
+
+    if requested in (None, 1):
+        return 1
+    if requested == "auto":
+        ids = {c.id for g in groups for c in g.cells}
+        peaks = [v for k, v in cell_peak_mib(_history(args)).items() if k in ids]
+        return auto_jobs(groups, max(peaks) if peaks else None, available_mib())
+    threads = max([g.threads for g in groups if not g.exclusive] or [1])
+    if requested * threads > usable_cores():
+        print(f"warning: --jobs {requested} x {threads} thread(s) per cell exceeds the {usable_cores()} usable cores; "
+              "the cells will compete for them", file=sys.stderr)  # fmt: skip
+    return int(requested)
 
 
 def _cmd_run(args, ap) -> int:
@@ -80,6 +116,8 @@ def _cmd_run(args, ap) -> int:
         ap.error(str(exc))
     if not groups:
         ap.error(f"suite {args.suite_name!r} has no cells to run")
+    jobs = _resolve_jobs(args, groups, args.jobs if args.jobs is not None else executor.get("jobs"))
+    args.jobs_n = jobs
     if args.dry_run:
         from benchmarks.core.store import config_hash
 
@@ -93,7 +131,8 @@ def _cmd_run(args, ap) -> int:
         todo = sum(s == "todo" for _, s in states)
         where = f"resumes run {run.id}" if run else "starts a new run"
         print(f"{len(states)} cells, {todo} to execute; this command {where} under {args.results_dir}/local/")
-        print(_estimate_line(args, groups, dict((c.id, st) for c, st in states)))
+        print(f"{jobs} worker(s)" + (" (exclusive cells alone)" if jobs > 1 else ""))
+        print(_estimate_line(args, groups, dict((c.id, st) for c, st in states), jobs))
         for note in data_notes:
             print(note)
         if executor["kind"] == "submitit":
@@ -109,8 +148,14 @@ def _cmd_run(args, ap) -> int:
         except ScaleOutError as exc:
             ap.error(str(exc))
     t0 = time.perf_counter()
-    run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
-                     device=suite["device"], progress=_progress)  # fmt: skip
+    try:
+        run = run_groups(args.suite_name, suite, groups, args.results_dir, retry_failed=args.retry_failed,
+                         device=suite["device"], progress=_progress, jobs=jobs,
+                         planner=registry.Planner.current(args.part))  # fmt: skip
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C): the cells that were running are recorded as interrupted; the same command "
+              "resumes the run", file=sys.stderr)  # fmt: skip
+        return 130
     print(f"run {run.id}: {run.summary()} in {run.path} ({time.perf_counter() - t0:.0f} s)")
     df = load_rows([run])
     for study in chosen:
@@ -263,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--partition", default=None, help="SLURM partition (overrides executor.partition)")
     r.add_argument("--account", default=None, help="SLURM account (overrides executor.account)")
     r.add_argument("--wait", action="store_true", help="with submitit: wait for the jobs and close the run")
+    r.add_argument("--jobs", type=_jobs_arg, default=None, metavar="N|auto",
+                   help="cells at once on this machine, each in its own worker process (default: the suite's jobs, "
+                        "else 1); auto: usable cores // the cells' threads, capped by memory")  # fmt: skip
     d = sub.add_parser("derive", parents=[common], help="slopes, crossovers and ratios from selected runs")
     d.add_argument("--runs", nargs="+", default=None, help="run ids (default: latest complete per machine)")
     d.add_argument("--scope", choices=["all", "published", "local"], default="all")

@@ -250,7 +250,9 @@ def test_dry_run_lists_cells_even_where_data_is_absent(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert out.count("todo      classification/variant=tost_") == 18 and "a run would stop here" in out
+    # 18 trainings (2 tasks x 3 arms x 3 seeds), each followed by its throughput cell
+    assert out.count("todo      classification/variant=tost_") == 36 and "a run would stop here" in out
+    assert out.count("/level=throughput@") == 18
     assert not any(tmp_path.iterdir())
 
 

@@ -68,7 +68,7 @@ def test_a_sweep_through_submitit_workers_gives_the_rows_of_the_local_executor(t
     assert len(groups) == 4  # four array tasks, one per (pass, N)
     local = run_groups("tiny", suite, groups, tmp_path / "a", **QUIET)
     run, jobs = scaleout.submit(
-        "tiny", suite, groups, _plan_operator, _executor(), tmp_path / "b", wait=True, **QUIET
+        "tiny", suite, groups, _plan_operator, _executor(), tmp_path / "b", wait=True, jobs=4, **QUIET
     )
     assert len(jobs) == 4 and len({j.job_id for j in jobs}) == 4  # four separate worker processes
     assert run.record["status"] == "complete"
@@ -195,7 +195,7 @@ def _plan_many(suite_name, suite):
 def test_many_workers_appending_at_once_lose_and_duplicate_nothing(tmp_path):
     suite = validate_suite({"name": "many"})
     groups = _plan_many("many", suite)
-    run, jobs = scaleout.submit("many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, **QUIET)
+    run, jobs = scaleout.submit("many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=6, **QUIET)
     assert len(jobs) == 6
     rows = run.rows()
     assert len(rows) == 6 * 25 * 4
@@ -367,3 +367,13 @@ def test_the_command_line_without_slurm_is_one_line_and_writes_nothing(tmp_path)
     err = [x for x in p.stderr.splitlines() if "error:" in x]
     assert len(err) == 1 and "sbatch" in err[0] and "--executor local" in err[0]
     assert not (tmp_path / "r").exists()  # no run, no rows
+
+
+def test_the_local_cluster_runs_at_most_jobs_tasks_at_once(tmp_path):
+    """submitit's local cluster starts every array task at once: the sweep deals its groups to at most
+    ``jobs`` tasks (each executing its groups in turn), and every cell still runs once."""
+    suite = validate_suite({"name": "many"})
+    groups = _plan_many("many", suite)
+    run, jobs = scaleout.submit("many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=2, **QUIET)
+    assert len(jobs) == 2
+    assert len(run.rows()) == 6 * 25 * 4 and run.record["status"] == "complete"

@@ -48,18 +48,26 @@ def cell_durations(runs: Iterable[Run]) -> dict[str, float]:
     return out
 
 
-def estimate_seconds(groups: Iterable[Iterable[Cell]], durations: dict[str, float]) -> dict[str, Any]:
+def estimate_seconds(
+    groups: Iterable[Iterable[Cell]],
+    durations: dict[str, float],
+    jobs: int = 1,
+    exclusive: Iterable[bool] | None = None,
+) -> dict[str, Any]:
     """Estimate the wall time of the planned ``groups`` (each an iterable of cells still to run).
 
-    Returns ``{"seconds": float, "known": int, "unknown": int}``: the summed estimate of the groups
-    whose every cell has a history (see the module docstring) and the number of groups with and
-    without one. Empty groups are ignored.
+    Returns ``{"seconds": float, "known": int, "unknown": int}``: the estimate of the groups whose
+    every cell has a history (see the module docstring) and the number of groups with and without
+    one. Empty groups are ignored. With ``jobs`` workers, the groups that may overlap (not
+    ``exclusive``) take their summed time / ``jobs``; exclusive groups run alone and add in full.
     """
     by_recipe: dict[str, list[float]] = defaultdict(list)
     for cid, sec in durations.items():
         by_recipe[_seedless(cid)].append(sec)
-    seconds, known, unknown = 0.0, 0, 0
-    for cells in groups:
+    seconds, shared, known, unknown = 0.0, 0.0, 0, 0
+    groups = list(groups)
+    alone = list(exclusive) if exclusive is not None else [True] * len(groups)
+    for cells, excl in zip(groups, alone):
         cells = list(cells)
         if not cells:
             continue
@@ -76,9 +84,23 @@ def estimate_seconds(groups: Iterable[Iterable[Cell]], durations: dict[str, floa
         if each is None:
             unknown += 1
         else:
-            seconds += max(each)
+            if excl or jobs <= 1:
+                seconds += max(each)
+            else:
+                shared += max(each)
             known += 1
-    return {"seconds": seconds, "known": known, "unknown": unknown}
+    return {"seconds": seconds + shared / max(1, jobs), "known": known, "unknown": unknown}
+
+
+def cell_peak_mib(runs: Iterable[Run]) -> dict[str, float]:
+    """``{cell id: MiB}``: the largest resident memory of the process that finished each cell (the
+    ``max_rss_mib`` of its ``finished`` event; an upper bound of the cell's own) in ``runs``."""
+    out: dict[str, float] = {}
+    for run in runs:
+        for rec in _read_lines(run.log_path):
+            if rec.get("type") == "event" and rec.get("event") == "finished" and rec.get("max_rss_mib"):
+                out[rec["cell"]] = max(out.get(rec["cell"], 0.0), float(rec["max_rss_mib"]))
+    return out
 
 
 def describe_estimate(est: dict[str, Any]) -> str:

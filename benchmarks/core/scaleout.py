@@ -38,9 +38,9 @@ from typing import Any
 
 from benchmarks.core import registry
 from benchmarks.core.registry import Planner
-from benchmarks.core.runner import Context, Group, _todo, execute_group, open_run
-from benchmarks.core.store import JOB_ENV, CellStatus, Run, machine, worker_gone
-from benchmarks.core.suites import ExecutorSection, executor_problem
+from benchmarks.core.runner import Context, Group, _todo, execute_group, open_run, usable_cores
+from benchmarks.core.store import JOB_ENV, CellStatus, Run, file_lock, machine, runs_root, worker_gone
+from benchmarks.core.suites import ExecutorSection, executor_problem, identity
 
 REQUEUED = "requeued: pre-empted or at its time limit; executed again from its own last checkpoint"
 
@@ -50,10 +50,11 @@ class ScaleOutError(RuntimeError):
 
 
 def split_executor(suite: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(suite without its executor section, the section with defaults)``: where cells run is not
-    part of a run's identity (its configuration hash), so either executor resumes the same run."""
-    cells = {k: v for k, v in suite.items() if k != "executor"}
-    return cells, suite.get("executor") or ExecutorSection().model_dump()
+    """``(suite without its executor section and jobs, the section with defaults and ``jobs``)``: where
+    and how many at once cells run is not part of a run's identity (its configuration hash), so any
+    executor and any number of workers resume the same run."""
+    cells = identity(suite)
+    return cells, {**(suite.get("executor") or ExecutorSection().model_dump()), "jobs": suite.get("jobs")}
 
 
 def _device_name(device: str) -> str:
@@ -122,7 +123,7 @@ class SweepWorker:
                 ctx.resume = frozenset(resume)
                 ctx.log(f"{me} on {socket.gethostname()}: {groups[i].label or ids[0]} ({len(cells)} cells"
                         + (f", {len(resume)} resumed" if resume else "") + ")")  # fmt: skip
-                execute_group(run, groups[i], cells, ctx, extra)
+                execute_group(run, groups[i], cells, ctx, extra, claim=False)
         if plan_ended(run, groups):
             run.mark("complete")
         return run.summary()
@@ -205,6 +206,21 @@ def tasks_of(run: Run, groups: list[Group], retry_failed: bool) -> list[dict[str
     ]
 
 
+def cap_tasks(tasks: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """At most ``n`` tasks, the groups dealt round-robin (each task executes its groups in turn).
+
+    >>> cap_tasks([{"groups": [i], "cells": [[str(i)]]} for i in range(5)], 2)[0]["groups"]
+    [0, 2, 4]
+    """
+    if len(tasks) <= n:
+        return tasks
+    out = [{"groups": [], "cells": []} for _ in range(max(1, n))]
+    for k, t in enumerate(tasks):
+        out[k % len(out)]["groups"] += t["groups"]
+        out[k % len(out)]["cells"] += t["cells"]
+    return out
+
+
 def submit(
     suite_name: str,
     suite: dict[str, Any],
@@ -217,6 +233,7 @@ def submit(
     device: str = "cpu",
     wait: bool = False,
     log: Callable[..., None] = print,
+    jobs: int | None = None,
 ) -> tuple[Run, list]:
     """Submit the suite's pending groups as one array job into the suite's run; returns (run, jobs).
 
@@ -224,11 +241,14 @@ def submit(
     (they are gone) and marks the run complete when every cell has ended.
     """
     check_cluster(cfg)  # before the run is opened: nothing is written when the cluster is not there
-    run, resumed = open_run(suite_name, suite, results_dir, retry_failed, device)
+    with file_lock(runs_root(results_dir, True) / suite_name / ".lock"):
+        run, resumed = open_run(suite_name, suite, results_dir, retry_failed, device)
     for c in run.reap():
         log(f"  {c}: marked failed (its worker ended without finishing it)")
     total = sum(len(g.cells) for g in groups)
     tasks = tasks_of(run, groups, retry_failed)
+    if cfg["cluster"] == "local":  # submitit's local cluster starts every task at once: cap them here
+        tasks = cap_tasks(tasks, jobs or usable_cores())
     held = [st for st in run.status().values() if st.event == "started"]
     log(f"run {run.id} ({'resumed' if resumed else 'new'}): {len(tasks)} array tasks over {total} cells"
         + (f"; {len(held)} cells held by live jobs ({', '.join(sorted({s.job or s.host for s in held}))})"
@@ -313,6 +333,7 @@ def submit_from_cli(args, groups: list[Group], cfg: dict[str, Any]) -> int:
         retry_failed=args.retry_failed,
         device=args.suite["device"],
         wait=args.wait,
+        jobs=getattr(args, "jobs_n", None),
     )
     if jobs and not args.wait:
         folder = Path(cfg["folder"]) if cfg.get("folder") else run.path / "submitit"

@@ -255,13 +255,27 @@ def validate_row(row: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the log
-def _append_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append JSON lines in one ``write`` under an exclusive lock; fence off a torn last line."""
-    data = ("\n".join(json.dumps(r, allow_nan=False, separators=(",", ":")) for r in records) + "\n").encode()
+def _encode(records: list[dict[str, Any]]) -> bytes:
+    return ("\n".join(json.dumps(r, allow_nan=False, separators=(",", ":")) for r in records) + "\n").encode()
+
+
+def _append_lines(path: Path, records: list[dict[str, Any]] | Callable[[], list[dict[str, Any]] | None]) -> bool:
+    """Append JSON lines in one ``write`` under an exclusive lock; fence off a torn last line.
+
+    ``records`` may be a function called under the lock, so that reading the log and the append that
+    depends on it are one step for every process sharing the file; it returns None to append nothing
+    (then this returns False).
+    """
+    data = None if callable(records) else _encode(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if data is None:
+            recs = records()
+            if recs is None:
+                return False
+            data = _encode(recs)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
@@ -269,6 +283,22 @@ def _append_lines(path: Path, records: list[dict[str, Any]]) -> None:
         if written != len(data):  # a short write on a regular file means the disk is full
             raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
         os.fsync(fd)
+        return True
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: what several
+    processes of one machine (or nodes sharing a file system with working ``flock``) do one at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -295,6 +325,16 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _max_rss_mib() -> float | None:
+    """The largest resident memory of this process so far, in MiB (Linux reports KiB)."""
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -303,6 +343,21 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+MAX_INTERRUPTED = 2  # an interrupted cell gets this many attempts before it stays failed
+
+
+def pending(st: CellStatus | None, retry_failed: bool = False) -> bool:
+    """Whether a cell whose latest event is ``st`` is still to execute: never started, or failed and
+    either retried on request or interrupted with fewer than :data:`MAX_INTERRUPTED` attempts. A
+    cell that is ``started`` belongs to a live worker (after :meth:`Run.reap`), never to this one."""
+    if st is None:
+        return True
+    if st.event == "failed":
+        interrupted = (st.reason or "").startswith("interrupted")
+        return retry_failed or (interrupted and st.attempt < MAX_INTERRUPTED)
+    return False
 
 
 def worker_gone(st: CellStatus) -> bool:
@@ -413,6 +468,20 @@ class Run:
         _append_lines(self.log_path, [self._event(cell, attempt, "started")])
         return attempt
 
+    def claim(self, cell: str, retry_failed: bool = False) -> int | None:
+        """Start ``cell`` if it is still :func:`pending`, atomically for every process that shares the
+        run: returns the attempt number, or None when another worker holds or ended it."""
+        got: dict[str, int] = {}
+
+        def started() -> list[dict[str, Any]] | None:
+            st = self.status().get(cell)  # read under the log's lock: no other claim can interleave
+            if not pending(st, retry_failed):
+                return None
+            got["attempt"] = (st.attempt + 1) if st else 1
+            return [self._event(cell, got["attempt"], "started")]
+
+        return got["attempt"] if _append_lines(self.log_path, started) else None
+
     def finish_cell(self, cell: str, attempt: int, rows: Iterable[dict[str, Any]]) -> None:
         """Append the cell's rows and its ``finished`` event in one atomic write."""
         rid = self.id
@@ -422,7 +491,7 @@ class Run:
             if row["cell"] != cell:
                 raise ValueError(f"row of cell {row['cell']!r} finished under cell {cell!r}")
             recs.append({"type": "row", "run": rid, "attempt": attempt, **row})
-        recs.append(self._event(cell, attempt, "finished") | {"rows": len(recs)})
+        recs.append(self._event(cell, attempt, "finished") | {"rows": len(recs), "max_rss_mib": _max_rss_mib()})
         _append_lines(self.log_path, recs)
 
     def fail_cell(self, cell: str, attempt: int, reason: str, event: str = "failed") -> None:
@@ -447,7 +516,7 @@ class Run:
                 )
         return out
 
-    def reap(self, gone: Callable[[CellStatus], bool] | None = None) -> list[str]:
+    def reap(self, gone: Callable[[CellStatus], bool] | None = None, reason: str | None = None) -> list[str]:
         """Mark cells that started and never finished as failed (their worker is gone); return them.
 
         ``gone(status)`` tells whether the worker that started a cell has ended; by default
@@ -461,7 +530,7 @@ class Run:
             if st.event != "started" or not gone(st):
                 continue
             self.fail_cell(
-                st.cell, st.attempt, "interrupted: started and never finished (the process was killed, "
+                st.cell, st.attempt, reason or "interrupted: started and never finished (the process was killed, "
                 "for example by the out-of-memory killer)",
             )  # fmt: skip
             reaped.append(st.cell)

@@ -7,7 +7,7 @@ knows are refused with one line naming the key and the allowed values (:class:`S
 
 Top level: ``name``, ``device`` (cpu | cuda), ``threads``, ``seed``, ``memory_budget_gib``,
 ``timeout_s``, ``executor`` (where the cells run: :class:`ExecutorSection`; absent = in this
-process), and one section per registered study (:mod:`benchmarks.core.registry`), validated by the
+process), ``jobs`` (cells at once on this machine: a number or ``auto``), and one section per registered study (:mod:`benchmarks.core.registry`), validated by the
 study's own ``parse``.
 
 >>> import benchmarks.studies  # the project's studies, whose sections the embedded suites use
@@ -67,6 +67,14 @@ class Suite(StrictSection):
     memory_budget_gib: float = Field(4.0, gt=0)
     timeout_s: float = Field(120, gt=0)
     executor: ExecutorSection | None = None
+    jobs: int | Literal["auto"] | None = None  # cells at once on this machine (not part of the identity)
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"jobs must be a positive integer or 'auto', got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -74,6 +82,14 @@ class Suite(StrictSection):
         if not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a path-safe name (letters, digits, '_', '.', '-'; at most 64)")
         return v
+
+
+NOT_IDENTITY = ("executor", "jobs")  # where, and how many at once, cells run: never part of a run's identity
+
+
+def identity(suite: dict[str, Any]) -> dict[str, Any]:
+    """The suite as a run's configuration (what its hash is taken of): without ``executor`` and ``jobs``."""
+    return {k: v for k, v in suite.items() if k not in NOT_IDENTITY}
 
 
 def executor_problem(suite: dict[str, Any], cfg: dict[str, Any]) -> str | None:
@@ -119,6 +135,8 @@ def validate_suite(data: Any, source: str = "<suite>") -> dict[str, Any]:
                 raise SuiteError(f"suite {source}: {str(exc).strip()}".replace("\n", " ")) from None
         elif study.null_when_absent or name in data:
             out[name] = None
+    if out["jobs"] is None:  # like the executor: a suite without it keeps the configuration it had
+        del out["jobs"]
     if out["executor"] is None:  # a suite without an executor section keeps the configuration it had
         del out["executor"]
     else:

@@ -1,4 +1,4 @@
-"""The classification study's cells: suite section -> cells, and the executor of one cell.
+"""The classification study's cells: suite section -> training cells and throughput cells, and their executors.
 
 Each (task, arm, seed) of a suite's ``classification:`` section (:mod:`benchmarks.studies.classification.train`)
 is one cell of kind ``classification``, executed alone by
@@ -34,17 +34,33 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
     device = suite.get("device", "cpu")
     flat = expand_cells(sec, device=device, threads=int(suite.get("threads", 1)))
     flat.sort(key=lambda c: (list(sec.tasks).index(c["task"]), sec.seeds.index(c["seed"])))  # stable
-    groups = []
+    train, timing = [], []
     for i, p in enumerate(flat):
-        cell = Cell.make(
-            KIND,
-            {"variant": p["variant"], "pass": "train", "seed": p["seed"], "image_size": p["data.image_size"],
-             "task": p["task"], "epochs": p["train.epochs"], "batch": p["train.batch_size"], "device": device},
-            {k: v for k, v in p.items() if k not in ("kind",)},
-        )  # fmt: skip
+        ident = {"variant": p["variant"], "pass": "train", "seed": p["seed"], "image_size": p["data.image_size"],
+                 "task": p["task"], "epochs": p["train.epochs"], "batch": p["train.batch_size"], "device": device}  # fmt: skip
+        # the training cell's numbers do not depend on how throughput is timed: measure.* is the timing cell's
+        cell = Cell.make(KIND, ident, {k: v for k, v in p.items() if k != "kind" and not k.startswith("measure.")})
         label = f"{p['task']} {p['variant']} seed {p['seed']}"
-        groups.append(Group([cell], _executor(p, i + 1, len(flat)), label=label))
-    return groups
+        train.append(Group([cell], _executor(p, i + 1, len(flat)), label=label, threads=p["threads"]))
+        tput = Cell.make(KIND, {**ident, "pass": "eval", "level": "throughput"},
+                         {"trained": cell.id, **{k: v for k, v in p.items() if k.startswith("measure.")}})  # fmt: skip
+        timing.append(Group([tput], _throughput_executor(p, cell), label=f"{label} throughput", exclusive=True,
+                            needs=(cell.id,), threads=p["threads"]))  # fmt: skip
+    return train + timing
+
+
+def _throughput_executor(params: dict[str, Any], trained: Cell):
+    def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+        from benchmarks.studies.classification.train import measure_throughput
+
+        (cell,) = cells
+        try:
+            values = measure_throughput(params, ctx.run.artifacts(trained.hash) / "model.pt")
+        except Exception as exc:
+            return {cell.id: Outcome(failed=reason(exc))}
+        return {cell.id: Outcome(rows=[ctx.row(cell, k, v) for k, v in values.items()])}
+
+    return execute
 
 
 def _executor(params: dict[str, Any], index: int, total: int):
@@ -56,17 +72,18 @@ def _executor(params: dict[str, Any], index: int, total: int):
         ctx.log(f"  cell {index}/{total}: training {cell['variant']} seed {cell['seed']} on {cell['task']} "
                 f"({cell['epochs']} epochs)")  # fmt: skip
         try:
-            values = run_classification_cell(params, workdir)
+            values = run_classification_cell(params, workdir, throughput=False)
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}
         ctx.log(f"  {cell['variant']} seed {cell['seed']}: top-1 {values['top1']:.4f}, "
                 f"{values['train_time_s']:.1f} s training")  # fmt: skip
         rows = []
+        det = {"deterministic": True}  # the cell trains under torch.use_deterministic_algorithms(True)
         for name, v in values.items():
             if v is None or (isinstance(v, float) and not math.isfinite(v)):
-                rows.append(ctx.row(cell, name, None, error="no finite value"))
+                rows.append(ctx.row(cell, name, None, error="no finite value", **det))
             else:
-                rows.append(ctx.row(cell, name, float(v)))
+                rows.append(ctx.row(cell, name, float(v), **det))
         return {cell.id: Outcome(rows=rows)}
 
     return execute

@@ -580,8 +580,13 @@ def inference_throughput(
     return batch / statistics.median(times), len(times)
 
 
-def run_classification_cell(params: dict[str, Any], workdir: Path | None = None) -> dict[str, float]:
-    """Train and measure one cell; returns every metric of :data:`CLASSIFICATION_METRICS` as floats.
+def run_classification_cell(
+    params: dict[str, Any], workdir: Path | None = None, throughput: bool = True
+) -> dict[str, float]:
+    """Train and measure one cell; returns every metric of :data:`CELL_METRICS` as floats
+    (without ``images_per_s`` and ``throughput_samples`` when ``throughput`` is False: the runner
+    times them in a cell of their own, :func:`measure_throughput`). With ``workdir``, the trained
+    weights are kept there (``model.pt``).
 
     ``params``: a dict from :func:`expand_cells`. Raises :class:`ClassificationError` /
     :class:`benchmarks.core.schema.DataError` (one line) before any training for a bad cell.
@@ -595,13 +600,13 @@ def run_classification_cell(params: dict[str, Any], workdir: Path | None = None)
         )
     state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     try:
-        return _run_cell(cell, Path(workdir) if workdir is not None else None, model_gflops)
+        return _run_cell(cell, Path(workdir) if workdir is not None else None, model_gflops, throughput)
     finally:  # the process's torch settings as they were (other studies run in the same process)
         torch.set_num_threads(state[0])
         torch.use_deterministic_algorithms(state[1])
 
 
-def _run_cell(cell: CellParams, workdir: Path | None, model_gflops) -> dict[str, float]:
+def _run_cell(cell: CellParams, workdir: Path | None, model_gflops, throughput: bool = True) -> dict[str, float]:
     model, val_loader, train_stats = train_model(cell, workdir)
     out = evaluate(model, val_loader, cell.device)
     size = cell.data.image_size
@@ -610,14 +615,32 @@ def _run_cell(cell: CellParams, workdir: Path | None, model_gflops) -> dict[str,
     out["train_peak_mib"] = train_step_peak_mib(model, cell.train.batch_size, size, num_classes, cell.device)
     model.eval()
     out["gflops"] = model_gflops(model, size)  # the project's FLOP convention (benchmarks.core.flops)
-    tput, n = inference_throughput(
-        model,
-        cell.measure.batch,
-        size,
-        cell.device,
-        min_run_time=cell.measure.min_run_time,
-        rounds=cell.measure.rounds,
-    )
-    out["images_per_s"], out["throughput_samples"] = tput, float(n)
+    if workdir is not None:
+        torch.save({"state_dict": model.state_dict(), "num_classes": num_classes}, workdir / "model.pt")
+    if throughput:
+        out.update(_throughput(model, cell))
     out["train_time_s"] = train_stats["train_time"]
     return {k: float(v) for k, v in out.items()}
+
+
+def _throughput(model: torch.nn.Module, cell: CellParams) -> dict[str, float]:
+    tput, n = inference_throughput(model, cell.measure.batch, cell.data.image_size, cell.device,
+                                   min_run_time=cell.measure.min_run_time, rounds=cell.measure.rounds)  # fmt: skip
+    return {"images_per_s": tput, "throughput_samples": float(n)}
+
+
+def measure_throughput(params: dict[str, Any], weights: Path) -> dict[str, float]:
+    """``images_per_s`` and ``throughput_samples`` of the trained model a training cell kept at
+    ``weights`` (``model.pt``), on the cell's threads: a measurement of time, run alone on the machine."""
+    cell = parse_cell(params)
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"no trained weights at {weights}; the training cell must finish first")
+    saved = torch.load(weights, map_location=cell.device, weights_only=True)
+    model = _create_model(cell.variant, cell, num_classes=int(saved["num_classes"])).to(cell.device)
+    model.load_state_dict(saved["state_dict"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(cell.threads)
+    try:
+        return {k: float(v) for k, v in _throughput(model.eval(), cell).items()}
+    finally:
+        torch.set_num_threads(before)

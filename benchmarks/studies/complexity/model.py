@@ -268,7 +268,9 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                     for v in md[fam]["variants"]
                 ]
                 if md["timing"]:  # the variants of one size are timed interleaved
-                    groups.append(Group(cells, execute, label=f"model {fam} {pass_} {s}px"))
+                    groups.append(Group(cells, execute, label=f"model {fam} {pass_} {s}px", exclusive=True,
+                                        threads=suite["threads"]))  # fmt: skip
                 else:  # count-only cells need no interleaving: one group (and one record) each
-                    groups += [Group([c], execute, label=f"model {c['variant']} {s}px") for c in cells]
+                    groups += [Group([c], execute, label=f"model {c['variant']} {s}px", exclusive=md["timing"],
+                                     threads=suite["threads"]) for c in cells]  # fmt: skip
     return groups

@@ -358,5 +358,6 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                     )
                     for v in variants
                 ]
-                groups.append(Group(cells, execute, label=f"operator {pass_} N={n} threads={threads}"))
+                groups.append(Group(cells, execute, label=f"operator {pass_} N={n} threads={threads}", exclusive=True,
+                                    threads=threads))  # fmt: skip
     return groups

@@ -1,4 +1,4 @@
-"""The detection study's cells: suite section -> cells, and the executor of one cell.
+"""The detection study's cells: suite section -> training cells and latency cells, and their executors.
 
 Each (arm, seed) of a suite's ``detection:`` section (:mod:`benchmarks.studies.detection.section`)
 is one cell of kind ``detection``, executed alone by
@@ -24,24 +24,43 @@ _IDENTITY = ("scale", "imgsz", "epochs", "batch")
 
 
 def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) -> list[Group]:
-    """One group (one cell) per (seed, arm) of the suite's detection section, seed-major."""
+    """Per (seed, arm) of the suite's detection section, seed-major: a training cell (train, val, COCO
+    evaluation, counts, training time and peak memory), then, after every training cell, one
+    latency cell per trained model: a measurement of time that runs alone on the machine and reads
+    the trained weights of the cell it needs."""
     section = parse_detection(suite["detection"])
-    groups = []
+    train, timing = [], []
     params = detection_cells(section)
     epochs_total = sum(p["epochs"] for p in params)
     epochs_before = 0
     for i, p in enumerate(params):
-        settings = {k: p[k] for k in ("data", "train", "eval", "latency", "occlusion_levels")}
-        cell = Cell.make(
-            KIND,
-            {"variant": p["arm"], "pass": "train", "seed": p["seed"], "image_size": p["imgsz"],
-             "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]},
-            settings,
-        )  # fmt: skip
+        settings = {k: p[k] for k in ("data", "train", "eval", "occlusion_levels")}
+        ident = {"variant": p["arm"], "pass": "train", "seed": p["seed"], "image_size": p["imgsz"],
+                 "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]}  # fmt: skip
+        cell = Cell.make(KIND, ident, settings)
         where = (i + 1, len(params), epochs_before, epochs_total)
-        groups.append(Group([cell], _executor(p, where), label=f"{p['arm']} seed {p['seed']}"))
+        label = f"{p['arm']} seed {p['seed']}"
+        threads = p["train"]["threads"] or 1
+        train.append(Group([cell], _executor({**p, "latency": None}, where), label=label, threads=threads))
+        lat = Cell.make(KIND, {**ident, "pass": "eval", "level": "latency"}, {"trained": cell.id, "latency": p["latency"]})
+        timing.append(Group([lat], _latency_executor(p, cell), label=f"{label} latency", exclusive=True,
+                            needs=(cell.id,), threads=1))  # fmt: skip
         epochs_before += p["epochs"]
-    return groups
+    return train + timing
+
+
+def _latency_executor(params: dict[str, Any], trained: Cell):
+    def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
+        from benchmarks.studies.detection.train import measure_latency, trained_weights
+
+        (cell,) = cells
+        try:
+            values = measure_latency(trained_weights(ctx.run.artifacts(trained.hash)), params)
+        except Exception as exc:
+            return {cell.id: Outcome(failed=reason(exc))}
+        return {cell.id: Outcome(rows=[ctx.row(cell, k, float(v)) for k, v in values.items()])}
+
+    return execute
 
 
 def progress_line(
@@ -70,6 +89,7 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
         def on_epoch(epoch: int, epochs: int, seconds: float) -> None:
             bar = progress_line(index, cells_total, epoch, epochs, epochs_before + epoch, epochs_total)
             ctx.log(f"{bar} ({cell['variant']} seed {cell['seed']}, {seconds:.1f} s/epoch)")
+            ctx.progress(cell, f"epoch {epoch}/{epochs}, {seconds:.1f} s/epoch")
 
         try:
             values = run_detection_cell(
@@ -78,11 +98,13 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}
         rows = []
+        det = values.pop("deterministic", None)  # the setting the training ran under (Ultralytics sets it)
+        extra = {} if det is None else {"deterministic": bool(det)}
         for name, v in values.items():
             if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)):
-                rows.append(ctx.row(cell, name, None, error="no value: the stratum has no ground truth here"))
+                rows.append(ctx.row(cell, name, None, error="no value: the stratum has no ground truth here", **extra))
             else:
-                rows.append(ctx.row(cell, name, float(v)))
+                rows.append(ctx.row(cell, name, float(v), **extra))
         return {cell.id: Outcome(rows=rows)}
 
     return execute

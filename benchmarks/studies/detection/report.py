@@ -96,6 +96,17 @@ def detection_diffs(df: pd.DataFrame, section: dict) -> tuple[Table | None, pd.D
     return t, s
 
 
+def _timing_note(df: pd.DataFrame) -> str:
+    """Where the timings were taken: alone, or beside other workers (the rows' ``workers_active``)."""
+    if "workers_active" not in df:
+        return ""  # rows of a run before parallel cells: every cell ran alone
+    w = df[df["metric"] == "train_time_s"]["workers_active"].dropna()
+    busy = int(w.max()) if not w.empty else 1
+    return ("Latency was timed alone on the machine; training time with up to "
+            f"{busy} cells training at once (rows record the busy workers and the load average). " if busy > 1
+            else "Every timing was taken with no other cell running. ")  # fmt: skip
+
+
 def efficiency(df: pd.DataFrame, reference: str) -> Table | None:
     """Per detection arm: params, GFLOPs, latency, training time and training-step peak memory."""
     long = detection_long(df)
@@ -111,7 +122,7 @@ def efficiency(df: pd.DataFrame, reference: str) -> Table | None:
     ]
     cap = (f"Efficiency per detection arm: parameters, GFLOPs (the project's counter), median inference latency "
            f"(batch 1), training time and training-step peak memory; mean ± sd over n = {int(cells['n'].max())} "
-           f"seeds where they vary. {provenance(df[df['kind'] == 'detection'])}.")  # fmt: skip
+           f"seeds where they vary. {_timing_note(df)}{provenance(df[df['kind'] == 'detection'])}.")  # fmt: skip
     return Table(name="efficiency", caption=cap, label="tab:efficiency", stub="arm",
                  rows=arm_order(long["arm"], reference), cols=cols, cells=cells, wide=True)  # fmt: skip
 

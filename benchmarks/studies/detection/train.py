@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.runner import POOL_THREADS_ENV
 from benchmarks.studies.detection.coco_eval import evaluate_detections, gt_counts
 
 
@@ -48,7 +49,8 @@ def prepare_data(data: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:
 
         args = data["generated"]
         key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
-        data_yaml = make_scenes(cache_dir / f"scenes-{key}", **args)
+        data_yaml = make_scenes(cache_dir / f"scenes-{key}", **args)  # built once, under its own lock
+        cache_labels(data_yaml)
         return data_yaml, data_yaml.parent / "annotations" / "val.json"
     src = Path(data["yaml"]).expanduser()
     d = resolve_data_yaml(src)
@@ -73,7 +75,28 @@ def prepare_data(data: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:
             yolo_val_to_coco(d, coco)
     doc = {"path": str(root), "train": d["train"], "val": d["val"], "names": d["names"]}
     (out / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    cache_labels(out / "data.yaml")
     return out / "data.yaml", coco
+
+
+def cache_labels(data_yaml: Path) -> None:
+    """Write Ultralytics' ``labels/*.cache`` of both splits once, under a lock beside ``data_yaml``.
+
+    Every training and validation on a data set reads that cache and writes it when it is missing or
+    stale (in place: a process reading it meanwhile can see a partial file). Written here first, it
+    is valid for every later cell, which only reads it: cells in parallel never write it."""
+    from benchmarks.core.store import file_lock
+
+    with file_lock(data_yaml.with_name(".labels-cache.lock")):
+        from tssa.offline import configure_offline
+
+        configure_offline()
+        from ultralytics.data.dataset import YOLODataset
+        from ultralytics.data.utils import check_det_dataset
+
+        d = check_det_dataset(str(data_yaml))
+        for split in ("train", "val"):
+            YOLODataset(img_path=d[split], data=d, task="detect", augment=False)
 
 
 def _latency(model, imgsz: int, device: str, rounds: int, min_run_time: float) -> tuple[float, int]:
@@ -90,6 +113,31 @@ def _latency(model, imgsz: int, device: str, rounds: int, min_run_time: float) -
             )
             times += m.times  # per-call times of each block
     return statistics.median(times) * 1e3, len(times)
+
+
+def trained_weights(workdir: Path) -> Path:
+    """The weights a trained cell evaluates: ``best.pt``, else ``last.pt``, under ``workdir/train``."""
+    w = Path(workdir) / "train" / "weights"
+    return w / "best.pt" if (w / "best.pt").is_file() else w / "last.pt"
+
+
+def measure_latency(weights: Path, params: dict[str, Any]) -> dict[str, float]:
+    """``latency_ms`` (median, batch 1, one thread) and ``latency_samples`` of the fused eval model
+    of ``weights`` at the cell's image size: a measurement of time, run alone on the machine."""
+    from tssa.offline import configure_offline
+
+    configure_offline()
+    from ultralytics import YOLO
+
+    import tssa.ultralytics  # noqa: F401  (the TSSA modules a checkpoint names)
+
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"no trained weights at {weights}; the training cell must finish first")
+    first = torch_device(params["train"]["device"])
+    fused = YOLO(str(weights)).model.float().fuse().eval().to(first)
+    lat = params["latency"]
+    ms, n = _latency(fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"])
+    return {"latency_ms": ms, "latency_samples": float(n)}
 
 
 def torch_device(device: str) -> str:
@@ -159,12 +207,13 @@ def run_detection_cell(
     for sub in ("val",) if resume else ("train", "val"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     times_file = workdir / "epoch_times.json"
-    tr, ev, lat = params["train"], params["eval"], params["latency"]
+    tr, ev = params["train"], params["eval"]
     device = tr["device"]
     first = torch_device(device)
     threads_before = torch.get_num_threads()
-    if tr.get("threads"):
-        torch.set_num_threads(tr["threads"])
+    threads = tr.get("threads") or int(os.environ.get(POOL_THREADS_ENV, 0))  # in a pool, 0 means 1
+    if threads:
+        torch.set_num_threads(threads)
 
     finished = False
     if resume:
@@ -181,8 +230,8 @@ def run_detection_cell(
         # Ultralytics' select_device (in the trainer's constructor) sets torch's thread count to its own
         # NUM_THREADS (os.cpu_count() - 1, at most 8: one thread on a 2-core machine); the requested
         # count is applied here, after it, so that `threads` is the count the training really runs with
-        if tr.get("threads"):
-            torch.set_num_threads(tr["threads"])
+        if threads:
+            torch.set_num_threads(threads)
 
     def epoch_start(trainer):
         peak["t0"] = time.perf_counter()
@@ -190,6 +239,7 @@ def run_detection_cell(
 
     def epoch_end(trainer):
         epoch_times.append(time.perf_counter() - peak.pop("t0"))
+        peak["deterministic"] = torch.are_deterministic_algorithms_enabled()  # as Ultralytics set it
         if int(os.environ.get("RANK", -1)) not in (-1, 0):  # under DDP the callbacks run in every rank
             return
         times_file.write_text(json.dumps(epoch_times))
@@ -257,9 +307,7 @@ def run_detection_cell(
             epoch_times[:] = json.loads(times_file.read_text())
         elif not epoch_times:  # no callback ran here: Ultralytics' own log
             epoch_times[:] = _epoch_times_from_csv(workdir / "train" / "results.csv")
-        weights = workdir / "train" / "weights" / "best.pt"
-        if not weights.is_file():
-            weights = workdir / "train" / "weights" / "last.pt"
+        weights = trained_weights(workdir)
         trained = YOLO(str(weights))
         val_args = {k: v for k, v in TRAIN_DEFAULTS.items() if k != "deterministic"}
         val_args.update(device=first.removeprefix("cuda:"), workers=tr["workers"])
@@ -296,12 +344,11 @@ def run_detection_cell(
         net = trained.model.float()
         out["params"] = float(count_params(net))
         out["gflops"] = float(model_gflops(net, params["imgsz"]))  # the project's FLOP convention
-        fused = YOLO(str(weights)).model.float().fuse().eval().to(first)
-        out["latency_ms"], n = _latency(
-            fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"]
-        )
-        out["latency_samples"] = float(n)
+        if params.get("latency"):  # a cell run on its own; the runner times latency in a cell of its own
+            out.update(measure_latency(weights, params))
         out["train_time_s"] = float(sum(epoch_times))
+        if "deterministic" in peak:
+            out["deterministic"] = float(peak["deterministic"])
         if "bytes" in peak:  # not measured here when DDP trained in child processes
             out["train_peak_mib"] = float(peak["bytes"]) / 2**20
     finally:

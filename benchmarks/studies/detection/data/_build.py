@@ -3,7 +3,8 @@
 A generator supplies a config dataclass (with ``check()``), ``write(dir, cfg)`` and
 ``yaml_text(root, cfg)``; :func:`build` writes into a temporary sibling directory renamed to
 ``root`` when complete (an interrupted run leaves no partial dataset) and reuses ``root`` when it
-already holds a dataset made with the same arguments.
+already holds a dataset made with the same arguments. Several processes building the same
+``root`` at once (parallel cells) take turns under a lock beside it: one writes, the others reuse.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from benchmarks.core.store import file_lock
 
 
 def build(
@@ -38,6 +41,11 @@ def build(
     cfg = config_cls(**kwargs)
     cfg.check()
     root = Path(root).expanduser().resolve()
+    with file_lock(root.parent / f".{root.name}.lock"):
+        return _build(root, cfg, write, yaml_text, what)
+
+
+def _build(root: Path, cfg: Any, write, yaml_text, what: str) -> Path:
     data_yaml = root / "data.yaml"
     if root.exists():
         if data_yaml.is_file() and data_yaml.read_text() == yaml_text(root, cfg):
