@@ -90,9 +90,16 @@ def test_layer_with_stream_equals_layer_with_naive():
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_picks_stream_on_cpu_and_lean_for_causal():
+def _cpu_choice() -> str:
+    from tssa.ops.fused_cpu import available
+
+    return "fused" if available()[0] else "stream"
+
+
+def test_auto_picks_the_compiled_path_on_cpu_and_lean_for_causal():
     w = torch.randn(1, 4, 16, 8)
-    assert resolve_impl("auto", w) == "stream"
+    assert resolve_impl("auto", w) == _cpu_choice()
+    assert resolve_impl("auto", w.half()) == "stream"  # the compiled path takes float32/float64 only
     assert resolve_impl("auto", w, causal=True) == "lean"
     with pytest.raises(ValueError, match="'stream' cannot run.*causal=True"):
         tssa(w, torch.ones(4), causal=True, impl="stream")
@@ -110,7 +117,7 @@ def test_env_preference_falls_back_the_way_auto_does(monkeypatch):
     monkeypatch.delenv("TSSA_IMPL")
     torch.testing.assert_close(y, tssa(w, tau, causal=True, impl="naive"), rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("TSSA_IMPL", "triton")  # cannot run on a CPU tensor: auto's own choice
-    assert resolve_impl("auto", w) == "stream"
+    assert resolve_impl("auto", w) == _cpu_choice()
     monkeypatch.setenv("TSSA_IMPL", "fastest")
     with pytest.raises(ValueError, match="TSSA_IMPL='fastest' is not a TSSA impl.*or unset it"):
         tssa(w, tau)

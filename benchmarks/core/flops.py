@@ -100,9 +100,29 @@ def _sdpa_bwd_fc(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
     return 2 * macs + elem
 
 
+def _tssa_fused_fc(w_tm, *args, out_shape=None, backward: bool = False, **kwargs) -> int:
+    """The compiled TSSA core (``tssa_cpu`` ops) counted through the reference's equations
+    (:func:`analytic_counts`; its backward as twice the forward, the convention of every fwd+bwd row)."""
+    b, n, h, d = w_tm  # FlopCounterMode hands shapes
+    f = analytic_counts("tssa", batch=b, tokens=n, dim=h * d, heads=h)["flops"]
+    return 2 * f if backward else f
+
+
+def _tssa_fused_bwd_fc(grad_tm, w_tm, *args, out_shape=None, **kwargs) -> int:
+    return _tssa_fused_fc(w_tm, backward=True)
+
+
 def flop_counter_mapping() -> dict[Any, Any]:
     """``custom_mapping`` for ``FlopCounterMode`` implementing the module's conventions."""
     mapping: dict[Any, Any] = {}
+    try:  # the compiled TSSA core (tssa.ops.fused_cpu), where its extension builds
+        from tssa.ops.fused_cpu import available
+
+        if available()[0]:
+            mapping[torch.ops.tssa_cpu.fwd] = _tssa_fused_fc
+            mapping[torch.ops.tssa_cpu.bwd] = _tssa_fused_bwd_fc
+    except ImportError:  # pragma: no cover - an older tssa
+        pass
     for name in _ELEMENTWISE:
         for n in (name, name + "_"):
             if hasattr(aten, n):
