@@ -30,7 +30,9 @@ def _history(args) -> list:
     from benchmarks.core.store import list_runs, machine
 
     here = machine()["id"]
-    return [r for r in list_runs(args.results_dir, args.suite_name, "all") if r.record["machine"]["id"] == here]
+    return [
+        r for r in list_runs(args.results_dir, args.suite_name, "all") if r.record["machine"]["id"] == here
+    ]
 
 
 def _estimate_line(args, groups, states: dict, jobs: int) -> str:
@@ -39,7 +41,9 @@ def _estimate_line(args, groups, states: dict, jobs: int) -> str:
 
     todo = [[c for c in g.cells if states.get(c.id) == "todo"] for g in groups]
     exclusive = [g.exclusive for g in groups]
-    return describe_estimate(estimate_seconds(todo, cell_durations(_history(args)), jobs=jobs, exclusive=exclusive))
+    return describe_estimate(
+        estimate_seconds(todo, cell_durations(_history(args)), jobs=jobs, exclusive=exclusive)
+    )
 
 
 def _jobs_arg(text: str) -> str | int:
@@ -49,9 +53,13 @@ def _jobs_arg(text: str) -> str | int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; give a positive integer or auto") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of workers; give a positive integer or auto"
+        ) from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} workers: give a positive integer (1 runs the cells in this process) or auto")
+        raise argparse.ArgumentTypeError(
+            f"{n} workers: give a positive integer (1 runs the cells in this process) or auto"
+        )
     return n
 
 

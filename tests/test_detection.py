@@ -146,7 +146,8 @@ TINY = {
 def test_tiny_cell_twice_gives_identical_accuracy(tmp_path):
     (cell,) = detection_cells(parse_detection(TINY))
     runs = [run_detection_cell(cell, tmp_path / f"run{i}", data_dir=tmp_path / "data") for i in range(2)]
-    assert set(runs[0]) == set(CELL_METRICS)
+    assert set(runs[0]) == {*CELL_METRICS, "deterministic"}
+    assert runs[0]["deterministic"] == 1.0  # Ultralytics trained with deterministic algorithms on
     assert set(ACCURACY_METRICS) <= set(runs[0])
     same = [
         k

@@ -59,7 +59,9 @@ def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_ac
     rows = {}
     for name in ("a", "b"):
         (run,) = list_runs(tmp_path / name, "smoke", "local")
-        assert run.record["status"] == "complete" and run.summary() == {"finished": 4}  # 2 trainings, 2 latencies
+        assert run.record["status"] == "complete" and run.summary() == {
+            "finished": 4
+        }  # 2 trainings, 2 latencies
         df = load_rows([run])
         assert set(df["variant"]) == {"yolo11n", "yolo11n-tssa"} and (df["kind"] == "detection").all()
         assert not df.duplicated(["cell", "metric"]).any()  # the killed attempt left no rows

@@ -104,6 +104,10 @@ def test_fast_gradcheck_fp64(impl, causal):
 def test_low_precision_error_at_most_twice_naive(impl, dtype, causal):
     """The flash-attention rule: in low precision a fast path may err at most 2x the plain path."""
     _skip_unless_supported(impl, causal)
+    try:  # a path built for float32/float64 only (fused) refuses low precision; auto falls back for it
+        resolve_impl(impl, torch.zeros(1, 1, 1, 1, dtype=dtype), causal)
+    except ValueError:
+        pytest.skip(f"{impl} takes no {dtype}")
     w, tau, _, grad = (t if t is None else t.to(dtype) for t in _inputs((2, 4, 197, 32)))
     ref = _run("naive", w.double(), tau.double(), None, grad.double(), causal)  # same rounded inputs
     naive = _run("naive", w, tau, None, grad, causal)

@@ -67,8 +67,13 @@ def test_blocked_waits_for_pending_needs_and_fails_on_failed_or_missing_ones():
     assert blocked(g, {"a": _st("started")}, {"a"}) == WAIT
     assert blocked(g, {"a": _st("finished")}, {"a"}) is None
     assert blocked(g, {"a": _st("failed", "interrupted: x")}, {"a"}) == WAIT  # it will be retried
-    assert blocked(g, {"a": _st("failed", "RuntimeError: boom")}, {"a"}) == "needs cell a, which failed: RuntimeError: boom"
-    assert blocked(g, {"a": _st("skipped", "over budget")}, {"a"}) == "needs cell a, which skipped: over budget"
+    assert (
+        blocked(g, {"a": _st("failed", "RuntimeError: boom")}, {"a"})
+        == "needs cell a, which failed: RuntimeError: boom"
+    )
+    assert (
+        blocked(g, {"a": _st("skipped", "over budget")}, {"a"}) == "needs cell a, which skipped: over budget"
+    )
     assert blocked(g, {}, set()) == "needs cell a, which is not in this run's plan"
 
 
@@ -133,24 +138,36 @@ def test_an_exclusive_cell_never_overlaps_another(tmp_path):
                 (a0, a1), (b0, b1) = iv[e], iv[other]
                 assert a1 <= b0 or b1 <= a0, (e, other)  # disjoint in time
     shared = [c for c in iv if c not in exclusive]
-    overlaps = sum(1 for a in shared for b in shared if a < b and not (iv[a][1] <= iv[b][0] or iv[b][1] <= iv[a][0]))
+    overlaps = sum(
+        1 for a in shared for b in shared if a < b and not (iv[a][1] <= iv[b][0] or iv[b][1] <= iv[a][0])
+    )
     assert overlaps >= 1  # the others did run two at a time
     workers = [r["workers_active"] for r in run.rows() if r["metric"] == "t_start"]
     assert max(workers) == 2 and min(workers) == 1  # recorded on every timing row
 
 
 def test_a_cell_whose_need_failed_or_is_missing_fails_with_that_reason(tmp_path):
-    suite, res = _suite(tmp_path, cells=4, seconds=0.05, fail=[0], after=[2], needs_missing=True), tmp_path / "r"
+    suite, res = (
+        _suite(tmp_path, cells=4, seconds=0.05, fail=[0], after=[2], needs_missing=True),
+        tmp_path / "r",
+    )
     for jobs in ("1", "2"):
-        p = subprocess.run(_cmd(suite, res / jobs, "--jobs", jobs), capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            _cmd(suite, res / jobs, "--jobs", jobs), capture_output=True, text=True, timeout=300
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         (run,) = _runs(res / jobs)
         st = {k.split("/")[2]: v for k, v in run.status().items()}
         assert st["index=0"].event == "failed" and "fails on purpose" in st["index=0"].reason
         assert st["index=1"].event == "finished"
-        assert st["index=2"].event == "failed" and st["index=2"].reason.startswith("needs cell sleepy/variant=toy/index=0")
+        assert st["index=2"].event == "failed" and st["index=2"].reason.startswith(
+            "needs cell sleepy/variant=toy/index=0"
+        )
         assert "which failed: RuntimeError: cell 0 fails on purpose" in st["index=2"].reason
-        assert st["index=3"].reason == "needs cell sleepy/variant=ghost@00000000, which is not in this run's plan"
+        assert (
+            st["index=3"].reason
+            == "needs cell sleepy/variant=ghost@00000000, which is not in this run's plan"
+        )
 
 
 # ------------------------------------------------------------------------------------------- faults
@@ -168,7 +185,9 @@ def _alive(pid: int) -> bool:
 
 def test_kill_9_of_the_parent_leaves_no_writing_orphans_and_resume_loses_and_duplicates_nothing(tmp_path):
     suite, res = _suite(tmp_path, cells=8, seconds=1.5), tmp_path / "r"
-    parent = subprocess.Popen(_cmd(suite, res, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        _cmd(suite, res, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the workers hold cells
         runs = _runs(res)
@@ -234,7 +253,9 @@ def test_two_processes_building_the_same_generated_data_set_build_it_once(tmp_pa
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
     assert {o[0].strip() for o in outs} == {str(root / "data.yaml")}
     assert len(list((root / "images" / "train").iterdir())) == 24
-    assert not [p for p in root.parent.iterdir() if p.name.startswith(f".{root.name}.tmp")]  # no half-built copy
+    assert not [
+        p for p in root.parent.iterdir() if p.name.startswith(f".{root.name}.tmp")
+    ]  # no half-built copy
 
 
 def test_jobs_1_and_jobs_2_give_identical_accuracy_rows_on_the_smoke_profile(tmp_path):

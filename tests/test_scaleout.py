@@ -195,7 +195,9 @@ def _plan_many(suite_name, suite):
 def test_many_workers_appending_at_once_lose_and_duplicate_nothing(tmp_path):
     suite = validate_suite({"name": "many"})
     groups = _plan_many("many", suite)
-    run, jobs = scaleout.submit("many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=6, **QUIET)
+    run, jobs = scaleout.submit(
+        "many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=6, **QUIET
+    )
     assert len(jobs) == 6
     rows = run.rows()
     assert len(rows) == 6 * 25 * 4
@@ -374,6 +376,8 @@ def test_the_local_cluster_runs_at_most_jobs_tasks_at_once(tmp_path):
     ``jobs`` tasks (each executing its groups in turn), and every cell still runs once."""
     suite = validate_suite({"name": "many"})
     groups = _plan_many("many", suite)
-    run, jobs = scaleout.submit("many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=2, **QUIET)
+    run, jobs = scaleout.submit(
+        "many", suite, groups, _plan_many, _executor(), tmp_path, wait=True, jobs=2, **QUIET
+    )
     assert len(jobs) == 2
     assert len(run.rows()) == 6 * 25 * 4 and run.record["status"] == "complete"

@@ -50,7 +50,9 @@ def plan(suite_name, suite, parts):
         if sec["needs_missing"] and i == len(cells) - 1:
             needs = ("sleepy/variant=ghost@00000000",)
         k = sec["exclusive_every"]
-        groups.append(Group([c], _execute, label=f"toy {i}", exclusive=bool(k) and i % k == k - 1, needs=needs))
+        groups.append(
+            Group([c], _execute, label=f"toy {i}", exclusive=bool(k) and i % k == k - 1, needs=needs)
+        )
     return groups
 
 
@@ -59,8 +61,11 @@ STUDY = register(
         name="sleepy",
         parse=lambda s: validate(SleepySection, s, "sleepy").model_dump(),
         plan=plan,
-        metrics=(Metric("t_start", "s", None, "start", "start", 3), Metric("t_end", "s", None, "end", "end", 3),
-                 Metric("pid", "count", None, "pid", "pid", 0)),  # fmt: skip
+        metrics=(
+            Metric("t_start", "s", None, "start", "start", 3),
+            Metric("t_end", "s", None, "end", "end", 3),
+            Metric("pid", "count", None, "pid", "pid", 0),
+        ),  # fmt: skip
         order=60,
     )
 )

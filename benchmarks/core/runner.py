@@ -64,7 +64,16 @@ from benchmarks.core.store import (
 )
 from benchmarks.core.suites import identity
 
-__all__ = ["Outcome", "Group", "Context", "run_groups", "execute_group", "next_groups", "open_run", "MAX_INTERRUPTED"]
+__all__ = [
+    "Outcome",
+    "Group",
+    "Context",
+    "run_groups",
+    "execute_group",
+    "next_groups",
+    "open_run",
+    "MAX_INTERRUPTED",
+]
 POOL_THREADS_ENV = "TSSA_BENCH_POOL_THREADS"  # set in every worker of a pool: the threads a cell gets
 
 
@@ -173,13 +182,20 @@ def plan_status(run: Run | None, groups: list[Group], retry_failed: bool = False
     return out
 
 
-def _timing_columns(rows: list[dict[str, Any]], load: tuple[float, float], active: int) -> list[dict[str, Any]]:
+def _timing_columns(
+    rows: list[dict[str, Any]], load: tuple[float, float], active: int
+) -> list[dict[str, Any]]:
     """Rows of time, memory or throughput carry the machine's 1-minute load average at the cell's start
     and end and the number of the run's workers busy when it started (1: it ran alone)."""
     out = []
     for r in rows:
         if r.get("error") is None and device_bound(r["metric"]):
-            r = {**r, "load_start": round(load[0], 2), "load_end": round(load[1], 2), "workers_active": active}
+            r = {
+                **r,
+                "load_start": round(load[0], 2),
+                "load_end": round(load[1], 2),
+                "workers_active": active,
+            }
         out.append(r)
     return out
 
@@ -392,7 +408,9 @@ def run_groups(
     ``jobs > 1`` needs ``planner`` (picklable, e.g. :class:`benchmarks.core.registry.Planner`): the
     workers plan the suite again, where the groups' functions live."""
     if jobs > 1 and planner is None:
-        raise ValueError("jobs > 1 needs a picklable planner (benchmarks.core.registry.Planner) for the workers")
+        raise ValueError(
+            "jobs > 1 needs a picklable planner (benchmarks.core.registry.Planner) for the workers"
+        )
     with file_lock(runs_root(results_dir, True) / suite_name / ".lock"):  # two `run`s join one run
         run, resumed = open_run(suite_name, suite, results_dir, retry_failed, device)
         reaped = run.reap()
@@ -458,7 +476,9 @@ def _run_here(run, suite_name, suite, groups, todo, retry_failed, log, progress,
         execute_group(run, g, cells, ctx, retry_failed=retry_failed)
         if progress is not None:
             st = run.status()
-            done = sum(st.get(c.id) is not None and st[c.id].event != "started" for h in groups for c in h.cells)
+            done = sum(
+                st.get(c.id) is not None and st[c.id].event != "started" for h in groups for c in h.cells
+            )
             progress(done, total, cells[-1].id)
         gc.collect()
 
@@ -512,11 +532,13 @@ def _run_pool(run, suite_name, suite, groups, todo, retry_failed, log, jobs, pla
             for i, why in fails.items():
                 waiting.remove(i)
                 _fail_blocked(run, groups[i], why, retry_failed, ctx.log)
+            busy = len(running) + len(to_pool)  # workers busy once this round's groups start
             for i in to_pool:
                 waiting.remove(i)
                 ids = [c.id for c in groups[i].cells if _todo(c, status, retry_failed)]
-                fut = pool.submit(_work, str(run.path), suite_name, suite, planner, i, ids, retry_failed,
-                                  len(running) + 1)  # fmt: skip
+                fut = pool.submit(
+                    _work, str(run.path), suite_name, suite, planner, i, ids, retry_failed, busy
+                )
                 running[fut] = i
             if here is not None:  # a measurement of time: alone on the machine, in this process
                 waiting.remove(here)

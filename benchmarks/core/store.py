@@ -259,7 +259,9 @@ def _encode(records: list[dict[str, Any]]) -> bytes:
     return ("\n".join(json.dumps(r, allow_nan=False, separators=(",", ":")) for r in records) + "\n").encode()
 
 
-def _append_lines(path: Path, records: list[dict[str, Any]] | Callable[[], list[dict[str, Any]] | None]) -> bool:
+def _append_lines(
+    path: Path, records: list[dict[str, Any]] | Callable[[], list[dict[str, Any]] | None]
+) -> bool:
     """Append JSON lines in one ``write`` under an exclusive lock; fence off a torn last line.
 
     ``records`` may be a function called under the lock, so that reading the log and the append that
@@ -491,7 +493,9 @@ class Run:
             if row["cell"] != cell:
                 raise ValueError(f"row of cell {row['cell']!r} finished under cell {cell!r}")
             recs.append({"type": "row", "run": rid, "attempt": attempt, **row})
-        recs.append(self._event(cell, attempt, "finished") | {"rows": len(recs), "max_rss_mib": _max_rss_mib()})
+        recs.append(
+            self._event(cell, attempt, "finished") | {"rows": len(recs), "max_rss_mib": _max_rss_mib()}
+        )
         _append_lines(self.log_path, recs)
 
     def fail_cell(self, cell: str, attempt: int, reason: str, event: str = "failed") -> None:

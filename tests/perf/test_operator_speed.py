@@ -217,7 +217,9 @@ def _forward(layer, x, impl):
 
 
 def test_auto_runs_the_fast_path_on_cpu():
-    assert resolve_impl("auto", torch.empty(1, H, N, C // H)) == "fused"  # where its extension builds (CI: it does)
+    assert (
+        resolve_impl("auto", torch.empty(1, H, N, C // H)) == "fused"
+    )  # where its extension builds (CI: it does)
 
 
 def test_layer_forward_near_projection_floor(benchmark, record_property):

@@ -39,7 +39,9 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
         ident = {"variant": p["variant"], "pass": "train", "seed": p["seed"], "image_size": p["data.image_size"],
                  "task": p["task"], "epochs": p["train.epochs"], "batch": p["train.batch_size"], "device": device}  # fmt: skip
         # the training cell's numbers do not depend on how throughput is timed: measure.* is the timing cell's
-        cell = Cell.make(KIND, ident, {k: v for k, v in p.items() if k != "kind" and not k.startswith("measure.")})
+        cell = Cell.make(
+            KIND, ident, {k: v for k, v in p.items() if k != "kind" and not k.startswith("measure.")}
+        )
         label = f"{p['task']} {p['variant']} seed {p['seed']}"
         train.append(Group([cell], _executor(p, i + 1, len(flat)), label=label, threads=p["threads"]))
         tput = Cell.make(KIND, {**ident, "pass": "eval", "level": "throughput"},

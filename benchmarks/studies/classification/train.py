@@ -606,7 +606,9 @@ def run_classification_cell(
         torch.use_deterministic_algorithms(state[1])
 
 
-def _run_cell(cell: CellParams, workdir: Path | None, model_gflops, throughput: bool = True) -> dict[str, float]:
+def _run_cell(
+    cell: CellParams, workdir: Path | None, model_gflops, throughput: bool = True
+) -> dict[str, float]:
     model, val_loader, train_stats = train_model(cell, workdir)
     out = evaluate(model, val_loader, cell.device)
     size = cell.data.image_size

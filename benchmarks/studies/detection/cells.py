@@ -42,7 +42,9 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
         label = f"{p['arm']} seed {p['seed']}"
         threads = p["train"]["threads"] or 1
         train.append(Group([cell], _executor({**p, "latency": None}, where), label=label, threads=threads))
-        lat = Cell.make(KIND, {**ident, "pass": "eval", "level": "latency"}, {"trained": cell.id, "latency": p["latency"]})
+        lat = Cell.make(
+            KIND, {**ident, "pass": "eval", "level": "latency"}, {"trained": cell.id, "latency": p["latency"]}
+        )
         timing.append(Group([lat], _latency_executor(p, cell), label=f"{label} latency", exclusive=True,
                             needs=(cell.id,), threads=1))  # fmt: skip
         epochs_before += p["epochs"]
@@ -102,7 +104,9 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
         extra = {} if det is None else {"deterministic": bool(det)}
         for name, v in values.items():
             if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)):
-                rows.append(ctx.row(cell, name, None, error="no value: the stratum has no ground truth here", **extra))
+                rows.append(
+                    ctx.row(cell, name, None, error="no value: the stratum has no ground truth here", **extra)
+                )
             else:
                 rows.append(ctx.row(cell, name, float(v), **extra))
         return {cell.id: Outcome(rows=rows)}

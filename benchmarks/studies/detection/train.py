@@ -136,7 +136,9 @@ def measure_latency(weights: Path, params: dict[str, Any]) -> dict[str, float]:
     first = torch_device(params["train"]["device"])
     fused = YOLO(str(weights)).model.float().fuse().eval().to(first)
     lat = params["latency"]
-    ms, n = _latency(fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"])
+    ms, n = _latency(
+        fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"]
+    )
     return {"latency_ms": ms, "latency_samples": float(n)}
 
 
