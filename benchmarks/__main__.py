@@ -245,11 +245,18 @@ def _cmd_derive(args, ap) -> int:
 
 
 def _cmd_runs(args, ap) -> int:
+    from pathlib import Path
+
     from benchmarks.core.store import list_runs
 
     for r in list_runs(args.results_dir, args.suite_name if args.suite_given else None):
         rec = r.record
-        area = "local" if "/local/" in str(r.path) or r.path.parts[-3] == "local" else "published"
+        # by the layout (results/local/<suite>/<run>), not by folder names above the results folder
+        area = (
+            "local"
+            if r.path.resolve().parents[1] == Path(args.results_dir).resolve() / "local"
+            else "published"
+        )
         print(f"{rec['suite']:10s} {r.id:40s} {area:9s} {rec['status']:8s} {rec['machine']['name']} "
               f"[{rec['machine']['id']}] {r.summary()}")  # fmt: skip
     return 0

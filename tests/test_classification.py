@@ -279,9 +279,11 @@ def test_summary_against_hand_computed_values():
     )
     assert diff["ci_low"] == pytest.approx(0.02 - 4.302653 * 0.01 / 3**0.5, rel=1e-5)
     v = s["verdicts"].iloc[0]
-    assert (
-        v["verdict"] == "inconclusive"
-    )  # interval [-0.005, 0.045] leaves the +-0.01 ROPE, p = 0.0377 < 0.05?
+    # interval [-0.005, 0.045] leaves the +-0.01 ROPE (not equivalent), and the paired t test's
+    # two-sided p is 0.0742 > 0.05 (t = 3.46, 2 df; 0.0371 would be the one-sided p): inconclusive
+    assert v["p_value"] == pytest.approx(0.0741799, rel=1e-4)
+    assert v["p_adj"] == pytest.approx(0.0741799, rel=1e-4)  # Holm over one control: p itself
+    assert v["verdict"] == "inconclusive"
     md = study.summary_markdown({"digits": s}, "t")
     assert "0.9200 ± 0.0200 (3)" in md and "+0.0200 [" in md
     paper = study.paper_markdown()
@@ -308,37 +310,58 @@ def test_smoke_cell_runs_twice_identically_through_the_harness(tmp_path):
     assert values[0] == values[1] and set(values[0]) == {"top1", "top5", "val_loss", "params", "gflops"}
 
 
+def _split_run(source, parent, rid: str, started: str, kind: str):
+    """A complete run ``parent/rid`` holding only the ``kind`` rows of ``source`` (the record of
+    ``source``, its suite and machine, with a new id and start time; each row names the new run)."""
+    from benchmarks.core.store import Run
+
+    rows = [
+        {**{k: v for k, v in r.items() if k != "run"}, "run": rid} for r in source.rows() if r["kind"] == kind
+    ]
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    run = Run(parent / rid)
+    run.path.mkdir(parents=True)
+    rec = source.record | {"run": rid, "started": started, "finished": started, "status": "complete"}
+    run.record_path.write_text(json.dumps(rec), encoding="utf-8")
+    lines = [{"type": "row", "attempt": 1, **r} for r in rows]
+    lines += [{"type": "event", "cell": c, "attempt": 1, "event": "finished"} for c in cells]
+    run.log_path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    return run
+
+
 def test_derive_writes_each_block_from_the_run_of_its_kind(tmp_path, capsys):
-    """The published cpu runs hold complexity, detection and classification rows in separate runs:
-    each README block names the latest complete run holding its kind (``select_runs(kind=...)``)."""
-    import shutil
+    """Each README block that ``derive`` writes comes from the latest complete run holding rows of
+    its own kind (``select_runs(kind=...)``), not from the latest complete run of the machine: the
+    published cpu rows of each kind go into a run of their own (same suite and machine, distinct ids,
+    started in turn), and each block names its run and none of the other two."""
     from pathlib import Path
 
     from benchmarks.__main__ import main
     from benchmarks.core.store import select_runs
 
-    published = Path(__file__).resolve().parents[1] / "results" / "cpu"
-    if not any(published.glob("*/run.json")):
-        pytest.skip("no published cpu runs in this checkout")
-    shutil.copytree(published, tmp_path / "results" / "cpu")
+    published = Path(__file__).resolve().parents[1] / "results"
     kinds = ("complexity", "detection", "classification")
+    sources = {k: select_runs(published, "cpu", scope="published", kind=k) for k in kinds}
+    if not all(sources.values()):
+        pytest.skip("the published cpu runs do not hold every kind yet")
+    parent = tmp_path / "results" / "cpu"
+    runs = {}
+    for i, k in enumerate(kinds):  # classification's run is the latest complete run of the machine
+        rid = f"2030010{i + 1}T000000Z-split0-{k}"
+        runs[k] = _split_run(sources[k][-1], parent, rid, f"2030-01-0{i + 1}T00:00:00+00:00", k)
+    assert len({r.record["machine"]["id"] for r in runs.values()}) == 1  # one machine: the runs compete
+    for k in kinds:  # the selection the blocks must follow: one run per kind, each its own
+        assert [r.id for r in select_runs(tmp_path / "results", "cpu", kind=k)] == [runs[k].id]
     readme = tmp_path / "README.md"
     readme.write_text("".join(f"<!-- {k}:cpu:begin -->\n<!-- {k}:cpu:end -->\n" for k in kinds))
-    want = {k: select_runs(tmp_path / "results", "cpu", kind=k) for k in kinds}
-    if not all(want.values()):
-        pytest.skip("the published cpu runs do not hold every kind yet")
-    assert (
-        main(
-            ["derive", "--suite", "cpu", "--results-dir", str(tmp_path / "results"), "--readme", str(readme)]
-        )
-        == 0
-    )
+    argv = ["derive", "--suite", "cpu", "--results-dir", str(tmp_path / "results"), "--readme", str(readme)]
+    assert main(argv) == 0
     text = readme.read_text()
     for k in kinds:
         block = text.split(f"<!-- {k}:cpu:begin -->")[1].split(f"<!-- {k}:cpu:end -->")[0]
-        assert want[k][-1].id in block, k
-        others = {r.id for kk in kinds if kk != k for r in want[kk]} - {want[k][-1].id}
-        assert not any(o in block for o in others), k
+        assert runs[k].id in block, f"the {k} block does not name its run {runs[k].id}"
+        others = [runs[o].id for o in kinds if o != k]
+        assert not any(o in block for o in others), f"the {k} block names another kind's run"
     cls_block = text.split("<!-- classification:cpu:begin -->")[1]
     assert "not measured here" in cls_block and "± " in cls_block and "95% t interval" in cls_block
 

@@ -1,4 +1,4 @@
-"""The COCO evaluator on constructed predictions whose AP is known by hand, and against plain pycocotools."""
+"""The COCO evaluator on cases whose AP is known by hand, against plain pycocotools and faster-coco-eval."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from benchmarks.studies.detection.coco_eval import SubsetCOCOeval, evaluate_detections, load_gt
+from benchmarks.studies.detection.coco_eval import (
+    SubsetCOCOeval,
+    evaluate_detections,
+    faster_coco_map,
+    load_gt,
+)
 from benchmarks.studies.detection.data.scenes import make_scenes
 
 # one image, two objects of one class: A fully visible, B 30% visible (heavy occlusion)
@@ -152,10 +157,125 @@ def test_overall_map_equals_unmodified_pycocotools(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(gt_path))
         E = COCOeval(coco, coco.loadRes(preds), "bbox")
-        E.params.areaRng = [[0, 1e10], [0, 256.0], [256.0, 2304.0], [2304.0, 1e10]]  # the scaled thresholds
+        # the generated data use COCO's own area ranges: pycocotools' defaults
         E.evaluate()
         E.accumulate()
         E.summarize()
     assert 0.05 < E.stats[0] < 0.95
     assert ours["map50_95"] == E.stats[0] and ours["map50"] == E.stats[1]
     assert [ours["ap_small"], ours["ap_medium"], ours["ap_large"]] == list(E.stats[3:6])
+
+
+def random_case(seed: int, n_images: int = 12, n_classes: int = 4) -> tuple[dict, list[dict]]:
+    """Ground truth (a few crowds) and predictions: jittered hits, misses, false positives, random scores.
+
+    Odd images are named by their file stem in the predictions, as Ultralytics does for non-numeric names.
+    """
+    rng = np.random.default_rng(seed)
+    W, H = 640, 480
+    images, anns, preds = [], [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "file_name": f"img_{i}.jpg", "width": W, "height": H})
+        name = f"img_{i}" if i % 2 else i
+        for _ in range(int(rng.integers(1, 9))):
+            w, h = rng.uniform(6, 250, 2)
+            x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
+            cat = int(rng.integers(1, n_classes + 1))
+            crowd = int(rng.uniform() < 0.08)
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": crowd,
+                }
+            )
+            if rng.uniform() < 0.75:  # detected (else missed), jittered, sometimes twice or as another class
+                for _ in range(1 + int(rng.uniform() < 0.15)):
+                    j = rng.normal(0, 0.12, 4) * [w, h, w, h]
+                    c = cat if rng.uniform() < 0.9 else int(rng.integers(1, n_classes + 1))
+                    box = [float(v) for v in (x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0))]
+                    preds.append(det(box, float(rng.uniform(0.05, 1.0)), name, c))
+        for _ in range(int(rng.integers(0, 8))):  # false positives
+            w, h = rng.uniform(4, 200, 2)
+            box = [float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), float(w), float(h)]
+            preds.append(det(box, float(rng.uniform(0, 0.8)), name, int(rng.integers(1, n_classes + 1))))
+    cats = [{"id": c, "name": f"class{c}"} for c in range(1, n_classes + 1)]
+    return {"images": images, "categories": cats, "annotations": anns}, preds
+
+
+def test_pycocotools_and_faster_coco_eval_are_distinct_implementations():
+    from faster_coco_eval import COCO as FCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    # neither replaced by the other (faster_coco_eval.init_as_pycocotools would alias the modules)
+    assert COCO.__module__ == "pycocotools.coco" and COCOeval.__module__ == "pycocotools.cocoeval"
+    assert not issubclass(FCOCO, COCO) and not issubclass(COCOeval_faster, COCOeval)
+
+
+# one class and max_dets=10: more detections than max_dets on some images, so the cut matters
+@pytest.mark.parametrize("seed,n_classes,max_dets", [(0, 4, 100), (1, 4, 100), (2, 4, 100), (3, 1, 10)])
+def test_faster_coco_eval_agrees_with_our_evaluator(seed, n_classes, max_dets):
+    gt, preds = random_case(seed, n_classes=n_classes)
+    gt_before = copy.deepcopy(gt)
+    ours = evaluate_detections(gt, preds, max_dets=max_dets)
+    if max_dets < 100:
+        assert ours["map50_95"] != evaluate_detections(gt, preds)["map50_95"]
+    theirs = faster_coco_map(gt, preds, max_dets=max_dets)
+    assert gt == gt_before  # neither evaluator changed the ground truth it was given
+    assert 0.05 < ours["map50_95"] < ours["map50"] < 0.95  # a case where a mismatch can show
+    assert set(theirs) == {"map50_95", "map50"}
+    for k in theirs:
+        assert abs(theirs[k] - ours[k]) <= 1e-10, (k, theirs[k], ours[k])
+
+
+def test_faster_coco_map_reads_files_and_evaluates_without_pycocotools(tmp_path, monkeypatch):
+    gt, preds = random_case(5)
+    ours = evaluate_detections(gt, preds)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "predictions.json").write_text(json.dumps(preds))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pycocotools used for evaluation")
+
+    # pycocotools only reads the ground truth to map image ids; loading results and evaluating is
+    # faster-coco-eval's own, on the ground truth its own COCO class read
+    for name in ("loadRes", "loadAnns", "getAnnIds"):
+        monkeypatch.setattr(COCO, name, refuse)
+    for name in ("evaluate", "evaluateImg", "computeIoU", "accumulate"):
+        monkeypatch.setattr(COCOeval, name, refuse)
+    theirs = faster_coco_map(tmp_path / "gt.json", str(tmp_path / "predictions.json"))
+    for k in theirs:
+        assert abs(theirs[k] - ours[k]) <= 1e-10, k
+    with pytest.raises(AssertionError, match="pycocotools used"):
+        evaluate_detections(gt, preds)
+
+
+def test_the_cross_check_notices_one_moved_box():
+    gt, preds = random_case(0)
+    ours = evaluate_detections(gt, preds)
+    # move the top-scoring detection off its object (the random false positives score < 0.8)
+    i = int(np.argmax([p["score"] for p in preds]))
+    assert preds[i]["score"] > 0.8
+    moved = copy.deepcopy(preds)
+    x, y, w, h = moved[i]["bbox"]
+    moved[i]["bbox"] = [x + 2 * w, y, w, h]
+    theirs = faster_coco_map(gt, moved)
+    assert abs(theirs["map50_95"] - ours["map50_95"]) > 1e-4  # the check would fail on a changed input
+    assert abs(theirs["map50"] - ours["map50"]) > 1e-4
+    again = evaluate_detections(gt, moved)
+    for k in theirs:
+        assert abs(theirs[k] - again[k]) <= 1e-10, k  # ... and both see the same change
+
+
+def test_faster_coco_map_without_predictions_or_ground_truth():
+    gt, _ = random_case(0)
+    ours, theirs = evaluate_detections(gt, []), faster_coco_map(gt, [])
+    assert theirs == {"map50_95": 0.0, "map50": 0.0} and ours["map50_95"] == ours["map50"] == 0.0
+    gt["annotations"] = []
+    ours, theirs = evaluate_detections(gt, []), faster_coco_map(gt, [])
+    assert all(np.isnan(theirs[k]) and np.isnan(ours[k]) for k in ("map50_95", "map50"))
+    with pytest.raises(ValueError, match="no ground truth image"):  # the same loader as evaluate_detections
+        faster_coco_map(GT, [det(A, 0.9, image_id="other")])

@@ -38,21 +38,23 @@ def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_ac
         "Verdicts (ROPE ±0.005 AP" in a.stdout
         and "| TSSA improves small objects | yolo11n-tssa |" in a.stdout
     )
-    # the progress bar names the cell and its epoch
-    assert "] 50% cell 1/2 epoch 2/2 (yolo11n seed 0," in a.stdout
-    assert "] 100% cell 2/2 epoch 2/2 (yolo11n-tssa seed 0," in a.stdout
+    # the progress bar names the cell and its epoch: the trunk (1 epoch), then the two fine-tunes (2 each)
+    assert "] 20% cell 1/3 epoch 1/1 (yolo11n-noattn seed 0," in a.stdout
+    assert "] 60% cell 2/3 epoch 2/2 (yolo11n seed 0," in a.stdout
+    assert "] 100% cell 3/3 epoch 2/2 (yolo11n-tssa seed 0," in a.stdout
+    assert "Warm start: every arm fine-tuned from one common trunk (yolo11n-noattn, 1 epochs" in a.stdout
     # run b is killed while its second cell trains, then the same command resumes it
     cmd = [sys.executable, "-m", "benchmarks", "run", "--suite", "smoke", "--part", "detection",
            "--results-dir", str(tmp_path / "b")]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while _started_cells(tmp_path / "b") < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _started_cells(tmp_path / "b") < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (killed,) = list_runs(tmp_path / "b", "smoke", "local")
     assert killed.record["status"] == "running"
-    assert sorted(st.event for st in killed.status().values()) == ["finished", "started"]
+    assert sorted(st.event for st in killed.status().values()) == ["finished", "finished", "started"]
     b = _run(tmp_path / "b")
     assert b.returncode == 0, b.stderr[-2000:]
     assert "marked failed (started and never finished)" in b.stdout
@@ -60,13 +62,23 @@ def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_ac
     for name in ("a", "b"):
         (run,) = list_runs(tmp_path / name, "smoke", "local")
         assert run.record["status"] == "complete" and run.summary() == {
-            "finished": 4
-        }  # 2 trainings, 2 latencies
+            "finished": 5
+        }  # the trunk, 2 fine-tunes, 2 latencies
         df = load_rows([run])
-        assert set(df["variant"]) == {"yolo11n", "yolo11n-tssa"} and (df["kind"] == "detection").all()
+        assert (
+            set(df["variant"]) == {"yolo11n", "yolo11n-tssa", "yolo11n-noattn"}
+            and (df["kind"] == "detection").all()
+        )
+        assert set(df[df["variant"] == "yolo11n-noattn"]["role"]) == {"trunk"}
+        tuned = df[(df["variant"] != "yolo11n-noattn") & (df["pass"] == "train")].set_index("metric")
+        assert (tuned.loc["transferred", "value"].to_numpy() < tuned.loc["transfer_total", "value"].to_numpy()).all()
+        # the evaluator cross-checked: faster-coco-eval on the same predictions
+        ok = df[df["error"].isna()].pivot_table(index="cell", columns="metric", values="value")
+        gap = (ok["map50_95"] - ok["map50_95_fce"]).dropna()
+        assert len(gap) == 3 and (gap.abs() < 1e-10).all()  # the trunk and the two fine-tunes
         assert not df.duplicated(["cell", "metric"]).any()  # the killed attempt left no rows
         acc = df[df["metric"].isin(ACCURACY_METRICS)]
-        rows[name] = {(r.variant, r.metric): (r.value, r.error) for r in acc.itertuples()}
+        rows[name] = {(r.variant, r.metric): (r.value if r.value == r.value else None, r.error) for r in acc.itertuples()}
     assert rows["a"] == rows["b"] and len(rows["a"]) >= 2 * 10
     # training artefacts stay under the run, never in the rows' folder of a published run
     (run,) = list_runs(tmp_path / "a", "smoke", "local")
@@ -124,7 +136,8 @@ def test_every_profile_validates():
     for name in ("smoke", "cpu", "gpu", "paper"):
         s = load_suite(name)
         assert s["name"] == name
-    assert load_suite("cpu")["detection"]["rope"] == 0.005  # declared before any result
+    det = load_suite("cpu")["detection"]
+    assert (det["rope"], det["floor"]) == (0.01, 0.05)  # declared before any v2 result
 
 
 def test_the_console_script_is_the_same_command_line(tmp_path):

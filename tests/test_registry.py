@@ -121,8 +121,8 @@ def test_a_toy_study_runs_through_run_derive_and_report(toy, tmp_path, capsys):
     assert "toy" in run.record["config"] and "detection" in run.record["config"]  # the older studies' nulls
 
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- toy:toysuite:begin -->\n<!-- toy:toysuite:end -->\n<!-- report:begin -->\n"
-                      "<!-- report:end -->\n")  # fmt: skip
+    readme.write_text("# x\n<!-- answer:begin -->\n<!-- answer:end -->\n<!-- toy:toysuite:begin -->\n"
+                      "<!-- toy:toysuite:end -->\n<!-- report:begin -->\n<!-- report:end -->\n")  # fmt: skip
     assert main(["derive", "--suite", str(suite), "--results-dir", str(res), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "Written by `python -m benchmarks derive --suite toysuite`" in text
@@ -244,7 +244,7 @@ def test_a_full_published_run_logged_the_current_complexity_plan():
 
 # the run identities (configuration hashes without executor and jobs) of the embedded suites, as the code
 # before the core/studies layout computed them
-EMBEDDED_HASHES = {"cpu": "d92efb403e26", "smoke": "61a9aa39cc8c", "gpu": "4251441257f5", "paper": "576dcdc192b9",
+EMBEDDED_HASHES = {"cpu": "21fd869003cd", "smoke": "b5a149f95c55", "gpu": "4251441257f5", "paper": "576dcdc192b9",
                    "yolo-table": "c517b46e977a"}  # fmt: skip
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from benchmarks.core.stats import describe, holm, paired_differences, verdict, verdicts
+from benchmarks.core.stats import describe, holm, paired_differences, summarise, verdict, verdicts
 
 T975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables)
 
@@ -75,24 +77,25 @@ def test_holm_by_hand():
 
 
 @pytest.mark.parametrize(
-    "ci, mean, p, hib, expected",
+    "mean, p, p_tost, hib, testable, expected",
     [
-        ((-0.002, 0.003), 0.0005, 0.7, True, "equivalent"),
-        ((0.001, 0.004), 0.0025, 0.01, True, "equivalent"),  # significant but inside the ROPE
-        ((0.004, 0.03), 0.017, 0.01, True, "supported"),
-        ((-0.03, -0.004), -0.017, 0.01, True, "contradicted"),
-        ((-0.03, -0.004), -0.017, 0.01, False, "supported"),  # lower is better
-        ((-0.01, 0.03), 0.01, 0.3, True, "inconclusive"),
-        ((0.004, 0.03), 0.017, 0.06, True, "inconclusive"),  # not significant after Holm
-        ((math.nan, math.nan), 0.01, math.nan, True, "inconclusive"),
+        (0.0005, 0.7, 0.01, True, True, "equivalent"),
+        (0.0025, 0.01, 0.02, True, True, "equivalent"),  # significant but inside the ROPE
+        (0.017, 0.01, 0.9, True, True, "supported"),
+        (-0.017, 0.01, 0.9, True, True, "contradicted"),
+        (-0.017, 0.01, 0.9, False, True, "supported"),  # lower is better
+        (0.01, 0.3, 0.4, True, True, "inconclusive"),
+        (0.017, 0.06, 0.9, True, True, "inconclusive"),  # not significant after Holm
+        (0.01, math.nan, math.nan, True, True, "inconclusive"),
+        (0.017, 0.01, 0.01, True, False, "not testable at this budget"),  # both arms under the floor
     ],
 )
-def test_verdict_rules(ci, mean, p, hib, expected):
-    assert verdict(ci[0], ci[1], mean, p, 0.005, higher_is_better=hib) == expected
+def test_verdict_rules(mean, p, p_tost, hib, testable, expected):
+    assert verdict(mean, p, p_tost, higher_is_better=hib, testable=testable) == expected
 
 
-def test_verdicts_from_a_table():
-    df = pd.concat(
+def _two_strata():
+    return pd.concat(
         [
             long({"ref": [0.30, 0.31, 0.32, 0.30, 0.31], "tssa": [0.35, 0.36, 0.37, 0.36, 0.35]}, "ap_small"),
             long(
@@ -101,16 +104,98 @@ def test_verdicts_from_a_table():
             ),
         ]
     )
+
+
+def test_verdicts_from_a_table():
+    df = _two_strata()
     d = holm(paired_differences(df, reference="ref"), family=["ap_small", "ap_large"])
     claims = [
         {"name": "small", "arm": "tssa", "metric": "ap_small"},
         {"name": "large", "arm": "tssa", "metric": "ap_large"},
     ]
-    v = verdicts(d, claims, rope=0.005).set_index("claim")
+    v = verdicts(d, claims, rope=0.005, long=df, family=["ap_small", "ap_large"]).set_index("claim")
     assert v.loc["small", "verdict"] == "supported" and v.loc["large", "verdict"] == "equivalent"
     assert v.loc["small", "p_adj"] == pytest.approx(2 * min(d["p_value"]))  # Holm: smallest of 2 times 2
+    assert v.loc["small", "alpha_mde"] == pytest.approx(0.025)  # first Holm step: alpha / 2
     with pytest.raises(ValueError, match="no paired difference for arm 'tssa' and metric 'ap_medium'"):
-        verdicts(d, [{"name": "m", "arm": "tssa", "metric": "ap_medium"}], rope=0.005)
+        verdicts(d, [{"name": "m", "arm": "tssa", "metric": "ap_medium"}], rope=0.005, long=df)
+
+
+def test_tost_is_statsmodels_and_the_90_interval():
+    from statsmodels.stats.weightstats import ttost_paired
+
+    from benchmarks.core.stats import tost
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.4, 0.02, size=8)
+    x = y + rng.normal(0.001, 0.002, size=8)
+    p = tost(x, y, 0.005)
+    assert p == ttost_paired(x, y, -0.005, 0.005)[0]
+    # p < 0.05 exactly when the 90% t interval of the differences lies inside the region
+    d = x - y
+    half = stats.t.ppf(0.95, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    inside = -0.005 < d.mean() - half and d.mean() + half < 0.005
+    assert inside and p < 0.05
+    assert tost(x, y, 0.0005) > 0.05  # a region narrower than the mean difference is not shown
+    assert tost(x[:1], y[:1], 0.005) != tost(x[:1], y[:1], 0.005)  # NaN below 2 pairs
+    assert tost([1.0, 2.0], [1.0, 2.0], 0.1) == 0.0 and tost([1.5, 2.5], [1.0, 2.0], 0.1) == 1.0
+
+
+def test_mde_is_statsmodels_power_and_detects_with_that_power():
+    from statsmodels.stats.power import TTestPower
+
+    from benchmarks.core.stats import mde
+
+    e = mde(0.01, 5, 0.05)
+    assert e == pytest.approx(TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8) * 0.01)
+    # the paired t test at that true effect rejects in about 80% of simulated runs
+    rng = np.random.default_rng(1)
+    rejects = [stats.ttest_1samp(rng.normal(e, 0.01, size=5), 0).pvalue < 0.05 for _ in range(4000)]
+    assert abs(np.mean(rejects) - 0.8) < 0.025
+    assert mde(0.01, 5, 0.05 / 6) > e  # a stricter alpha needs a larger effect
+    assert mde(0.01, 10, 0.05) < e  # more seeds resolve less
+    assert mde(0.0, 5, 0.05) == 0.0 and math.isnan(mde(0.01, 1, 0.05))
+
+
+def test_floor_makes_a_claim_not_testable():
+    df = pd.concat([long({"ref": [0.01, 0.02, 0.012], "tssa": [0.03, 0.04, 0.035]}, "ap_heavy"),
+                    long({"ref": [0.01, 0.02, 0.012], "tssa": [0.06, 0.07, 0.065]}, "ap_small")])  # fmt: skip
+    claims = [
+        {"name": "h", "arm": "tssa", "metric": "ap_heavy"},
+        {"name": "s", "arm": "tssa", "metric": "ap_small"},
+    ]
+    s = summarise(df, "ref", family=[], claims=claims, rope=0.005, floor=0.05)
+    v = s["verdicts"].set_index("claim")
+    assert v.loc["h", "verdict"] == "not testable at this budget"
+    assert v.loc["s", "verdict"] != "not testable at this budget"  # one arm over the floor
+    assert summarise(df, "ref", family=[], claims=claims, rope=0.005)["verdicts"]["verdict"].tolist() == [
+        "supported",
+        "supported",
+    ]
+
+
+def test_a_control_has_its_own_family_and_decides_the_credit():
+    base = [0.30, 0.31, 0.32, 0.30, 0.31]
+    df = pd.concat(
+        [
+            long({"ref": base, "noattn": [b + 0.05 for b in base], "tssa": [0.35, 0.36, 0.37, 0.36, 0.35]}, "ap_small"),
+            long({"ref": base, "noattn": base, "tssa": [0.35, 0.365, 0.37, 0.36, 0.355]}, "ap_large"),
+        ]
+    )  # fmt: skip
+    claims = [{"name": "small", "arm": "tssa", "metric": "ap_small"},
+              {"name": "large", "arm": "tssa", "metric": "ap_large"}]  # fmt: skip
+    s = summarise(df, "ref", family=["ap_small", "ap_large"], claims=claims, rope=0.005, controls=["noattn"])
+    v = s["verdicts"]
+    prim = v[v["role"] == "primary"].set_index("claim")
+    ctrl = v[v["role"] == "control"].set_index("claim")
+    assert list(ctrl["reference"].unique()) == ["noattn"]
+    assert prim.loc["small", "verdict"] == "supported" and prim.loc["small", "credited"] is False
+    assert prim.loc["large", "verdict"] == "supported" and prim.loc["large", "credited"] is True
+    # the control's Holm family is its own: its p-values are adjusted over its own two strata
+    cd = s["control_diffs"]
+    assert set(cd["reference"]) == {"noattn"} and cd["p_holm"].notna().sum() == 2
+    raw = paired_differences(df[df["arm"].isin(["noattn", "tssa"])], reference="noattn")
+    assert sorted(cd["p_holm"]) == pytest.approx(sorted(holm(raw, family=["ap_small", "ap_large"])["p_holm"]))
 
 
 def test_markdown_cells_of_the_study_summaries():

@@ -489,7 +489,8 @@ def _run_pool(run, suite_name, suite, groups, todo, retry_failed, log, jobs, pla
 
     from benchmarks.core import registry
 
-    threads = max([g.threads for g in groups] or [1])
+    # the workers' threads: exclusive groups run here, alone, with their own
+    threads = max([g.threads for g in groups if not g.exclusive] or [1])
     cells = [c for g in groups for c in g.cells]
     planned = {c.id for c in cells}
     waiting = list(todo)

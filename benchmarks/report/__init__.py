@@ -199,3 +199,27 @@ def write_readme(readme, rep: Report) -> None:
             png = next(p for p in fig.paths if str(p).endswith(".png"))
             parts += ["", f"![{fig.readme_alt}](reports/figures/{Path(png).name})", "", fig.caption]
     write_block(readme, "report", "\n".join(parts))
+    write_block(readme, "answer", answer_block(rep.ledger))
+
+
+def answer_block(led) -> str:
+    """The README's answer first: each claim tested by a paired comparison (the ledger's rows that
+    carry what they could detect, or were not testable at this budget), its verdict, estimate and
+    minimum detectable effect."""
+    from benchmarks.core.stats import NOT_TESTABLE_FLOOR
+    from benchmarks.report.render import markdown_table
+
+    sel = led[(led["detectable"].fillna("") != "") | (led["verdict"] == NOT_TESTABLE_FLOOR)]
+    lines = ["Written by `python -m benchmarks report --readme README.md` (`tox -e report`) from the committed "
+             "rows: the ledger's paired comparisons (accuracy), each with what it could have detected (its minimum "
+             "detectable effect: an effect under it would go undetected at that many seeds). Rules, controls and "
+             "every other claim: [the report](#the-report); the studies: [detection](#the-detection-study), "
+             "[classification](#the-classification-study).", ""]  # fmt: skip
+    if sel.empty:
+        return "\n".join([*lines, "No paired comparison in the committed rows yet."])
+    rows = [
+        [r["claim"], f"**{r['verdict']}**", r["interval"] or "-", r["detectable"] or "-"]
+        for _, r in sel.iterrows()
+    ]
+    heads = [("verdict", "left"), ("estimate [95% CI]", "right"), ("could detect (MDE)", "left")]
+    return "\n".join([*lines, markdown_table("claim", heads, rows)])

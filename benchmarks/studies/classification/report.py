@@ -93,7 +93,9 @@ def _classification_claim(cls: pd.DataFrame) -> list[dict]:
             out.append(dict(claim=f"{claim}: {t} vs {ctrl}", source=src,
                             measured=f"paired top-1 difference (points), n = {int(r['n'])} seeds",
                             interval=f"{r['mean_diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]", verdict=v,
-                            why=f"on par = equivalent within ±{TOP1_ROPE} points"))  # fmt: skip
+                            detectable=(f"{r['mde']:.2g} points (alpha {r['alpha_mde']:.2g}, power 0.8, n = "
+                                        f"{int(r['n'])})" if r["mde"] == r["mde"] else ""),
+                            why=f"on par = equivalent (two one-sided tests) within ±{TOP1_ROPE} points"))  # fmt: skip
     return out or [dict(claim=claim, source=src, measured="no ToST/control pair", interval="", verdict=NOT_TESTABLE,
                         why="the classification rows lack a softmax or XCA control")]  # fmt: skip
 

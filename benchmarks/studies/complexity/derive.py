@@ -257,7 +257,8 @@ def _models_markdown(models: dict) -> list[str]:
                     i = m["sizes"].index(s)
                     pk = m["peak_mib"][i]
                     tok = m["tokens"][i] if m["tokens"][i] is not None else "no attention"
-                    cells.append(f"{m['latency_ms'][i]:.1f} ms ({tok}), {pk:.0f} MiB")
+                    peak = f"{pk:.0f} MiB" if pk is not None else "peak n/a"
+                    cells.append(f"{m['latency_ms'][i]:.1f} ms ({tok}), {peak}")
                 else:
                     cells.append("skipped or failed (`benchmarks runs`)")
             slope = f"{m['time_slope_vs_tokens']:.2f}" if m["time_slope_vs_tokens"] is not None else "n/a"

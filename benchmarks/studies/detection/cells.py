@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.core.cells import Cell
 from benchmarks.core.runner import Context, Group, Outcome, reason
-from benchmarks.studies.detection.section import detection_cells, parse_detection
+from benchmarks.studies.detection.section import detection_cells, parse_detection, trunk_cells
 
 KIND = "detection"
 _IDENTITY = ("scale", "imgsz", "epochs", "batch")
@@ -27,28 +27,45 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
     """Per (seed, arm) of the suite's detection section, seed-major: a training cell (train, val, COCO
     evaluation, counts, training time and peak memory), then, after every training cell, one
     latency cell per trained model: a measurement of time that runs alone on the machine and reads
-    the trained weights of the cell it needs."""
+    the trained weights of the cell it needs.
+
+    With a ``warm_start``, its trunk cells come first (role ``trunk``: trained and evaluated like any
+    cell, their own rows), and every training cell needs its trunk and is fine-tuned from the
+    trunk's weights; it names its trunk by the trunk cell's id (part of its identity), never by a
+    path."""
     section = parse_detection(suite["detection"])
-    train, timing = [], []
+    trunks = trunk_cells(section)
     params = detection_cells(section)
-    epochs_total = sum(p["epochs"] for p in params)
+    epochs_total = sum(p["epochs"] for p in trunks + params)
     epochs_before = 0
-    for i, p in enumerate(params):
+    groups, timing, by_seed = [], [], {}
+    for i, p in enumerate(trunks + params):
         settings = {k: p[k] for k in ("data", "train", "eval", "occlusion_levels")}
         ident = {"variant": p["arm"], "pass": "train", "seed": p["seed"], "image_size": p["imgsz"],
                  "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]}  # fmt: skip
+        trunk = by_seed.get(p.get("trunk_seed"))
+        if p.get("role") == "trunk":
+            ident["role"] = "trunk"
+        elif trunk is not None:
+            ident["start"] = "warm"
+            settings["warm_start"] = {"trunk": trunk.id}
         cell = Cell.make(KIND, ident, settings)
-        where = (i + 1, len(params), epochs_before, epochs_total)
-        label = f"{p['arm']} seed {p['seed']}"
+        where = (i + 1, len(trunks) + len(params), epochs_before, epochs_total)
+        label = f"{'trunk ' if p.get('role') == 'trunk' else ''}{p['arm']} seed {p['seed']}"
         threads = p["train"]["threads"] or 1
-        train.append(Group([cell], _executor({**p, "latency": None}, where), label=label, threads=threads))
+        run_params = {**p, "latency": None}
+        groups.append(Group([cell], _executor(run_params, where, trunk), label=label, threads=threads,
+                            exclusive=threads > 1, needs=(trunk.id,) if trunk is not None else ()))  # fmt: skip
+        epochs_before += p["epochs"]
+        if p.get("role") == "trunk":
+            by_seed[p["seed"]] = cell
+            continue
         lat = Cell.make(
             KIND, {**ident, "pass": "eval", "level": "latency"}, {"trained": cell.id, "latency": p["latency"]}
         )
         timing.append(Group([lat], _latency_executor(p, cell), label=f"{label} latency", exclusive=True,
                             needs=(cell.id,), threads=1))  # fmt: skip
-        epochs_before += p["epochs"]
-    return train + timing
+    return groups + timing
 
 
 def _latency_executor(params: dict[str, Any], trained: Cell):
@@ -77,7 +94,7 @@ def progress_line(
     return f"[{'#' * filled}{'-' * (width - filled)}] {100 * done / total:.0f}% cell {cell}/{cells} epoch {epoch}/{epochs}"
 
 
-def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
+def _executor(params: dict[str, Any], where: tuple[int, int, int, int], trunk: Cell | None = None):
     index, cells_total, epochs_before, epochs_total = where
 
     def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
@@ -93,9 +110,21 @@ def _executor(params: dict[str, Any], where: tuple[int, int, int, int]):
             ctx.log(f"{bar} ({cell['variant']} seed {cell['seed']}, {seconds:.1f} s/epoch)")
             ctx.progress(cell, f"epoch {epoch}/{epochs}, {seconds:.1f} s/epoch")
 
+        run_params = params
+        if trunk is not None:  # the trunk's weights in this run (its cell finished first: the group needs it)
+            from benchmarks.studies.detection.train import trained_weights
+
+            w = trained_weights(ctx.run.artifacts(trunk.hash))
+            if not w.is_file():
+                return {
+                    cell.id: Outcome(
+                        failed=f"no trunk weights at {w}: the trunk cell {trunk.id} must finish first"
+                    )
+                }
+            run_params = {**params, "train": {**params["train"], "pretrained": str(w)}}
         try:
             values = run_detection_cell(
-                params, workdir, data_dir=data_dir, on_epoch=on_epoch, resume=cell.id in ctx.resume
+                run_params, workdir, data_dir=data_dir, on_epoch=on_epoch, resume=cell.id in ctx.resume
             )
         except Exception as exc:
             return {cell.id: Outcome(failed=reason(exc))}

@@ -29,6 +29,9 @@ int when numeric, and a class ``c`` as ``c + 1`` (COCO's 91 ids for COCO itself)
 ``[x, y, w, h]`` in original pixels. :func:`load_predictions` maps string stems back to the ground
 truth's image ids by file name.
 
+:func:`faster_coco_map` cross-checks ``map50_95`` and ``map50`` with an independent implementation,
+faster-coco-eval (the evaluator Ultralytics adopted), on the same ground truth and predictions.
+
 >>> gt = {"images": [{"id": 1, "file_name": "1.png", "width": 10, "height": 10}],
 ...       "categories": [{"id": 1, "name": "a"}],
 ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4],
@@ -61,8 +64,11 @@ __all__ = [
     "load_gt",
     "load_predictions",
     "evaluate_detections",
+    "faster_coco_map",
     "average_precision",
     "level_of",
+    "calibrate_proxy_levels",
+    "proxy_agreement",
 ]
 
 # visible fraction in [low, high); "none" includes 1.0
@@ -234,13 +240,15 @@ def evaluate_detections(
     recall_score: float = 0.3,
     recall_iou: float = 0.5,
     max_dets: int = 100,
+    proxy_levels: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """COCO box metrics overall, by size and by occlusion level (true and proxy); see the module doc.
 
     ``gt``: COCO ground truth (path, dict or ``COCO``); ``predictions``: Ultralytics'
     ``predictions.json`` (path or list). ``area_thresholds``: (small/medium, medium/large) areas in
     pixels; default ``info.area_thresholds`` of the ground truth, else COCO's (32^2, 96^2).
-    Returns ``{"map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap_occ_<level>",
+    ``proxy_levels``: the levels on the proxy's scale ``1 - occlusion_proxy`` (set on train by
+    :func:`calibrate_proxy_levels`); default ``levels``. Returns ``{"map50_95", "map50", "ap_small", "ap_medium", "ap_large", "ap_occ_<level>",
     "recall_occ_<level>" (when ``visible_fraction`` is annotated), "ap_occ_<level>_proxy",
     "recall_occ_<level>_proxy"}``, values in [0, 1] or NaN.
     """
@@ -251,8 +259,12 @@ def evaluate_detections(
     coco_dt = _load_res(coco_gt, preds)
     small, large = area_thresholds or tuple(coco_gt.dataset.get("info", {}).get("area_thresholds", COCO_AREA))
 
+    # pycocotools sorts maxDets and evaluates images at the last: read the index of max_dets
+    dets = sorted({1, 10, max_dets})
+    md = dets.index(max_dets)
+
     def params(E: COCOeval, areas: list[list[float]], labels: list[str]) -> COCOeval:
-        E.params.maxDets = [1, 10, max_dets]
+        E.params.maxDets = list(dets)
         E.params.areaRng, E.params.areaRngLbl = areas, labels
         return E
 
@@ -264,11 +276,11 @@ def evaluate_detections(
         )
     )
     out = {
-        "map50_95": average_precision(E),
-        "map50": average_precision(E, iou=0.5),
-        "ap_small": average_precision(E, area=1),
-        "ap_medium": average_precision(E, area=2),
-        "ap_large": average_precision(E, area=3),
+        "map50_95": average_precision(E, max_dets=md),
+        "map50": average_precision(E, iou=0.5, max_dets=md),
+        "ap_small": average_precision(E, area=1, max_dets=md),
+        "ap_medium": average_precision(E, area=2, max_dets=md),
+        "ap_large": average_precision(E, area=3, max_dets=md),
     }
     confident = _load_res(coco_gt, [p for p in preds if p["score"] >= recall_score])
     anns = coco_gt.dataset["annotations"]
@@ -279,28 +291,126 @@ def evaluate_detections(
         def visible(a: dict, field=field) -> float:
             return a[field] if field == "visible_fraction" else 1.0 - a[field]
 
+        lv = levels if field == "visible_fraction" or proxy_levels is None else proxy_levels
         for name in levels:
 
-            def keep(a: dict, name=name, visible=visible) -> bool:
-                return level_of(visible(a), levels) == name
+            def keep(a: dict, name=name, visible=visible, lv=lv) -> bool:
+                return level_of(visible(a), lv) == name
 
             E = _run(params(SubsetCOCOeval(coco_gt, coco_dt, "bbox", keep=keep), [[0, BIG]], ["all"]))
-            out[f"ap_occ_{name}{suffix}"] = average_precision(E)
+            out[f"ap_occ_{name}{suffix}"] = average_precision(E, max_dets=md)
             R = SubsetCOCOeval(coco_gt, confident, "bbox", keep=keep)
             R.params.iouThrs = np.array([recall_iou])
             R = params(R, [[0, BIG]], ["all"])
+            R.params.maxDets = [max_dets]  # images are matched at the last entry
             with _quiet():
                 R.evaluate()
             out[f"recall_occ_{name}{suffix}"] = _recall(R)
     return out
 
 
+def calibrate_proxy_levels(
+    gt: str | os.PathLike | dict | COCO, levels: Mapping[str, tuple[float, float]] = DEFAULT_LEVELS
+) -> dict[str, tuple[float, float]]:
+    """The occlusion levels on the box proxy's scale (``1 - occlusion_proxy``), set on ``gt`` (train):
+    cut so that each level holds the share of objects that the true visible fraction puts there
+    (quantile matching, levels in order of their lower bound; tied proxy values stay on one side of
+    a cut, the side closer to the truth's count; the top level keeps its upper bound 1).
+
+    >>> gt = {"images": [{"id": 1}], "categories": [{"id": 1}], "annotations": [
+    ...     {"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0,
+    ...      "visible_fraction": v, "occlusion_proxy": q} for i, (v, q) in enumerate(
+    ...      [(0.3, 0.9), (0.6, 0.6), (0.95, 0.2), (1.0, 0.0)], 1)]}
+    >>> {k: tuple(round(x, 3) for x in v) for k, v in calibrate_proxy_levels(gt).items()}
+    {'none': (0.6, 1.0), 'partial': (0.25, 0.6), 'heavy': (0.0, 0.25)}
+    """
+    anns = (gt if isinstance(gt, COCO) else load_gt(gt)).dataset["annotations"]
+    if not anns or "visible_fraction" not in anns[0]:
+        raise ValueError("calibrating the box proxy needs ground truth with a visible_fraction per object")
+    truth = [level_of(a["visible_fraction"], levels) for a in anns]
+    proxy = np.sort(np.array([1.0 - a["occlusion_proxy"] for a in anns]))
+    u = np.unique(proxy)
+    # cut candidates: below every value, between neighbouring distinct values, above every value (ties
+    # never split: a level is [lo, hi), so a tied value goes wholly to one side)
+    cuts = np.concatenate([[u[0]], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]])
+    below = np.searchsorted(proxy, cuts, side="left")
+    order = sorted(levels, key=lambda k: levels[k][0])
+    out, lo, seen = {}, 0.0, 0
+    for k in order[:-1]:
+        seen += truth.count(k)
+        i = int(np.argmin(np.abs(below - seen)))  # the cut that leaves closest to the truth's count below
+        hi = max(float(cuts[i]), lo)
+        out[k] = (lo, hi)
+        lo = hi
+    out[order[-1]] = (lo, levels[order[-1]][1])
+    return {k: out[k] for k in levels}
+
+
+def proxy_agreement(
+    gt: str | os.PathLike | dict | COCO,
+    levels: Mapping[str, tuple[float, float]] = DEFAULT_LEVELS,
+    proxy_levels: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, float]:
+    """How the box proxy's occlusion level agrees with the true one on ``gt`` (val): Cohen's kappa
+    (``kappa``, scikit-learn's ``cohen_kappa_score``) and the confusion table (scikit-learn's
+    ``confusion_matrix``) as ``confusion_<true>_<proxy>`` counts."""
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+    anns = (gt if isinstance(gt, COCO) else load_gt(gt)).dataset["annotations"]
+    lv = proxy_levels or levels
+    truth = [level_of(a["visible_fraction"], levels) for a in anns]
+    proxy = [level_of(1.0 - a["occlusion_proxy"], lv) for a in anns]
+    names = list(levels)
+    cm = confusion_matrix(truth, proxy, labels=names)
+    out = {"kappa": float(cohen_kappa_score(truth, proxy, labels=names))}
+    out.update(
+        {f"confusion_{t}_{q}": float(cm[i, j]) for i, t in enumerate(names) for j, q in enumerate(names)}
+    )
+    return out
+
+
+def faster_coco_map(
+    gt: str | os.PathLike | dict | COCO,
+    predictions: str | os.PathLike | list[dict],
+    *,
+    max_dets: int = 100,
+) -> dict[str, float]:
+    """``{"map50_95", "map50"}`` by faster-coco-eval's own ``COCO`` and ``COCOeval_faster``.
+
+    Same inputs as :func:`evaluate_detections`, whose overall values it should reproduce: the ground
+    truth is read by faster-coco-eval (from the file, or a copy of the dict); the predictions go
+    through :func:`load_predictions`, so string stems map to the same image ids. Without
+    predictions the value is 0.0 and without ground truth NaN, as in :func:`evaluate_detections`.
+    faster-coco-eval, like plain pycocotools, ignores a ground truth only when ``iscrowd``: with
+    annotations flagged ``ignore`` the two differ (see :class:`SubsetCOCOeval`).
+    """
+    from faster_coco_eval import COCO as FCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    src = gt.dataset if isinstance(gt, COCO) else gt
+    preds = load_predictions(load_gt(src), predictions)
+    with _quiet():
+        coco_gt = FCOCO(src if isinstance(src, dict) else str(src), use_deepcopy=True)
+        E = COCOeval_faster(coco_gt, coco_gt.loadRes(preds), "bbox")
+        E.params.maxDets = [max_dets]
+        E.evaluate()
+        E.accumulate()
+    p = np.asarray(E.eval["precision"])[..., 0, -1]  # (T, R, K) at area "all" and max_dets
+
+    def mean(a: np.ndarray) -> float:
+        return float(a[a > -1].mean()) if (a > -1).any() else math.nan
+
+    return {"map50_95": mean(p), "map50": mean(p[np.isclose(E.params.iouThrs, 0.5)])}
+
+
 def gt_counts(
     gt: str | os.PathLike | dict | COCO,
     levels: Mapping[str, tuple[float, float]] = DEFAULT_LEVELS,
     area_thresholds: tuple[float, float] | None = None,
+    proxy_levels: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, int]:
-    """Number of non-crowd ground truth objects per size bucket and occlusion level (true and proxy)."""
+    """Number of non-crowd ground truth objects per size bucket and occlusion level (true and proxy;
+    the proxy's levels ``proxy_levels``, default ``levels``)."""
     coco_gt = gt if isinstance(gt, COCO) else load_gt(gt)
     small, large = area_thresholds or tuple(coco_gt.dataset.get("info", {}).get("area_thresholds", COCO_AREA))
     anns = [a for a in coco_gt.dataset["annotations"] if not a.get("iscrowd", 0)]
@@ -314,6 +424,6 @@ def gt_counts(
             out[f"gt_occ_{name}"] = sum(level_of(a["visible_fraction"], levels) == name for a in anns)
         if anns and "occlusion_proxy" in anns[0]:
             out[f"gt_occ_{name}_proxy"] = sum(
-                level_of(1 - a["occlusion_proxy"], levels) == name for a in anns
+                level_of(1 - a["occlusion_proxy"], proxy_levels or levels) == name for a in anns
             )
     return out

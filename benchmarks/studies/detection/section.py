@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_serializer, model_validator
 
 from benchmarks.core.schema import Section, validate
 from benchmarks.studies.detection.coco_eval import DEFAULT_LEVELS
@@ -29,6 +29,7 @@ __all__ = [
     "DetectionSection",
     "parse_detection",
     "detection_cells",
+    "trunk_cells",
     "parse_arm",
     "check_data",
     "gpu_count",
@@ -55,7 +56,25 @@ def _metrics() -> dict[str, dict[str, Any]]:
         "gt_small": _m("count", None, "val objects, small", r"$n_S$", 0),
         "gt_medium": _m("count", None, "val objects, medium", r"$n_M$", 0),
         "gt_large": _m("count", None, "val objects, large", r"$n_L$", 0),
+        "map50_95_fce": _m(
+            "1", True, "mAP50-95 (faster-coco-eval, cross-check)", r"mAP$_{50:95}^{\mathrm{fce}}$", 4
+        ),
+        "map50_fce": _m("1", True, "mAP50 (faster-coco-eval, cross-check)", r"mAP$_{50}^{\mathrm{fce}}$", 4),
+        "transferred": _m("count", None, "tensors transferred from the trunk", r"$n_{\mathrm{transfer}}$", 0),
+        "transfer_total": _m("count", None, "tensors of the model", r"$n_{\mathrm{tensors}}$", 0),
+        "proxy_kappa": _m(
+            "1",
+            None,
+            "Cohen's kappa, box proxy vs true occlusion level (val)",
+            r"$\kappa_{\mathrm{proxy}}$",
+            3,
+        ),
     }
+    for t in _LEVELS:
+        for q in _LEVELS:
+            out[f"proxy_confusion_{t}_{q}"] = _m(
+                "count", None, f"val objects: true level {t}, proxy level {q}", rf"$n_{{{t},{q}}}$", 0
+            )
     for lv in _LEVELS:
         for suffix, what, tex in (("", "", ""), ("_proxy", " (box proxy)", r"^{\mathrm{proxy}}")):
             out[f"ap_occ_{lv}{suffix}"] = _m(
@@ -241,6 +260,36 @@ def _default_claims() -> list[Claim]:
     ]
 
 
+class WarmStart(Section):
+    """A warm start: every (arm, seed) fine-tuned from a trunk trained first, in the same run.
+
+    The public forks build the TSSA model and ``.load("yolo11n.pt")``: everything outside the
+    attention transfers and the attention starts fresh. Here the trunk is a model *without*
+    attention trained on the study's data (``arm``, default ``yolo11<scale>-noattn``), so that no
+    attention arm starts with trained attention. ``mode``: ``shared`` (one trunk, seed ``seed``,
+    for every seed: the estimand "fine-tuned from one common trunk, as users fine-tune from one
+    public checkpoint") or ``per_seed`` (one trunk per seed, trained with that seed). The trunk
+    trains with the section's ``train`` settings except ``epochs``, ``close_mosaic`` and ``lr0``
+    given here, on ``threads`` torch threads (more than one: alone on the machine).
+    """
+
+    arm: str | None = None
+    epochs: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    mode: Literal["shared", "per_seed"] = "shared"
+    close_mosaic: int | None = Field(None, ge=0)
+    lr0: float | None = Field(None, gt=0)
+    threads: int = Field(1, ge=1)
+
+    @field_validator("arm")
+    @classmethod
+    def _trunk_arm(cls, v: str | None) -> str | None:
+        return v if v is None else _arm(v)
+
+
+_V2_KEYS = ("warm_start", "floor", "controls")  # written only when set: older runs keep their configuration
+
+
 class DetectionSection(Section):
     """The ``detection:`` section of a suite file."""
 
@@ -262,6 +311,24 @@ class DetectionSection(Section):
         default_factory=lambda: ["ap_small", "ap_medium", "ap_large", *(f"ap_occ_{lv}" for lv in _LEVELS)]
     )
     claims: list[Claim] | None = None
+    warm_start: WarmStart | None = None
+    floor: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="a claim whose metric both arms average under it is not testable (AP units)",
+    )
+    controls: list[str] | None = Field(
+        None, description="further references every claim is tested against (default: the no-attention arm)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):
+        out = handler(self)
+        for k in _V2_KEYS:
+            if out.get(k) is None:
+                out.pop(k, None)
+        return out
 
     @field_validator("arms")
     @classmethod
@@ -314,6 +381,33 @@ class DetectionSection(Section):
                 raise ValueError(
                     f"claim {c.name!r}: arm {c.arm!r} must be one of the arms other than the reference"
                 )
+        for c in self.controls or []:
+            if c not in self.arms or c == self.reference:
+                raise ValueError(
+                    f"control {c!r} must be one of the arms other than the reference {self.arms}"
+                )
+        ws = self.warm_start
+        if ws is not None:
+            if self.train.pretrained:
+                raise ValueError(
+                    "give train.pretrained (transfer from a file) or warm_start (a trunk), not both"
+                )
+            scale = parse_arm(self.reference)[1]
+            if ws.arm is None:
+                ws.arm = f"yolo11{scale}-noattn"
+            t_variant, t_scale = parse_arm(ws.arm)
+            p345 = t_variant.endswith("-p345")
+            other = [
+                a
+                for a in self.arms
+                if parse_arm(a)[1] != t_scale or parse_arm(a)[0].endswith("-p345") != p345
+            ]
+            if other:
+                raise ValueError(
+                    f"warm_start: arms {other} differ from the trunk {ws.arm!r} in scale or layer layout (the P3-P5 "
+                    "variants move Detect from index 23 to 26, so an index-keyed transfer would drop their head); "
+                    "give them a suite of their own with a trunk of their layout, or train them from scratch"
+                )
         return self
 
 
@@ -324,6 +418,25 @@ def parse_detection(section: Any, where: str = "detection") -> DetectionSection:
         ValueError: one line naming the first bad key (``detection.train.epochs: ...``).
     """
     return validate(DetectionSection, section, where)
+
+
+def trunk_cells(section: DetectionSection) -> list[dict[str, Any]]:
+    """The warm start's trunks as cells of :func:`detection_cells`' form (``role`` ``"trunk"``): one
+    (``shared``) or one per seed (``per_seed``); none without a warm start."""
+    ws = section.warm_start
+    if ws is None:
+        return []
+    seeds = [ws.seed] if ws.mode == "shared" else list(section.seeds)
+    base = detection_cells(section.model_copy(update={"arms": [ws.arm], "seeds": seeds, "warm_start": None}))
+    out = []
+    for p in base:
+        train = dict(p["train"], threads=ws.threads)
+        if ws.close_mosaic is not None:
+            train["close_mosaic"] = ws.close_mosaic
+        if ws.lr0 is not None:
+            train["lr0"] = ws.lr0
+        out.append({**p, "epochs": ws.epochs, "train": train, "role": "trunk"})
+    return out
 
 
 def detection_cells(section: DetectionSection) -> list[dict[str, Any]]:
@@ -339,6 +452,11 @@ def detection_cells(section: DetectionSection) -> list[dict[str, Any]]:
     elif train["pretrained"]:
         train["pretrained"] = str(Path(train["pretrained"]).expanduser().resolve())
     data = section.data.model_dump(exclude_none=True)
+    if "generated" in data:  # the generator's version is part of the data's identity
+        from benchmarks.studies.detection.data.scenes import GENERATOR_VERSION
+
+        data["generated"]["version"] = GENERATOR_VERSION
+    ws = section.warm_start
     cells = []
     for seed in section.seeds:
         for arm in section.arms:
@@ -359,22 +477,33 @@ def detection_cells(section: DetectionSection) -> list[dict[str, Any]]:
                     "occlusion_levels": {k: list(v) for k, v in section.occlusion_levels.items()},
                 }
             )
+            if ws is not None:  # fine-tuned from the trunk of this seed (its cell: trunk_cells)
+                cells[-1]["trunk_seed"] = ws.seed if ws.mode == "shared" else seed
     return cells
 
 
 def check_data(section: DetectionSection) -> None:
     """Check, without downloading or generating anything, that the section's data can be had.
 
-    Generated data always can; a data YAML must exist with its train and val images (for
-    ``--dry-run``).
+    Generated data always can; a data YAML must exist with its train and val images, and weights
+    to transfer from (``train.pretrained``) must be on disk: a run never trains from scratch in
+    their place without saying so (for ``--dry-run`` too).
 
     Raises:
         benchmarks.core.schema.DataError: one line naming the missing file or folder.
     """
+    from benchmarks.core.schema import DataError
+
     if section.data.yaml is not None:
         from benchmarks.studies.detection.data.real import resolve_data_yaml
 
         resolve_data_yaml(section.data.yaml)
+    w = section.train.pretrained
+    if w and not Path(w).expanduser().is_file():
+        raise DataError(
+            f"detection.train.pretrained: {w!r} not found (nothing is downloaded): put the weights there, "
+            "or remove 'pretrained' to train from scratch"
+        )
 
 
 def gpu_count(device: str) -> int:

@@ -14,21 +14,49 @@ from typing import Any
 from benchmarks.core import metrics as _metrics
 from benchmarks.core import stats
 from benchmarks.report.render import markdown_table
-from benchmarks.studies.detection.section import parse_detection
+from benchmarks.studies.detection.section import parse_arm, parse_detection
 
 KIND = "detection"
 
 
+def controls(sec) -> list[str]:
+    """The section's controls: as declared, else the no-attention arm of the reference's scale when it
+    is one of the arms (TSSA against it: a gain credited to TSSA's attention shows there too)."""
+    if sec.controls is not None:
+        return list(sec.controls)
+    noattn = f"yolo11{parse_arm(sec.reference)[1]}-noattn"
+    return [noattn] if noattn in sec.arms and noattn != sec.reference else []
+
+
+def arm_rows(df):
+    """The arms' rows: a warm start's trunk cells (``role`` ``"trunk"``) have rows of their own."""
+    if "role" in getattr(df, "columns", ()):
+        return df[df["role"].fillna("") != "trunk"]
+    return df
+
+
+def trunk_rows(df):
+    """The warm start's trunk rows (empty without a warm start)."""
+    if "role" in getattr(df, "columns", ()):
+        return df[df["role"].fillna("") == "trunk"]
+    return df.iloc[0:0]
+
+
 def summary(df, section: dict[str, Any]) -> dict[str, Any]:
-    """The study's tables from detection rows (one run or several): ``describe``, ``diffs``, ``verdicts``.
+    """The study's tables from detection rows (one run or several): ``describe``, ``diffs``,
+    ``verdicts`` (each claim against the reference, and against each control), ``trunk`` (the warm
+    start's trunk rows, described), ``warm_start``.
 
     Rows of different machines are never pooled: the caller passes the rows of one run.
     """
     sec = parse_detection(section)
     hib = {k: bool(m.higher_is_better) for k, m in _metrics.METRICS.items() if m.higher_is_better is not None}
-    return stats.summarise(stats.long_rows(df, KIND), sec.reference, family=sec.holm_family,
-                           claims=[c.model_dump() for c in sec.claims], rope=sec.rope, alpha=sec.alpha,
-                           higher_is_better=hib)  # fmt: skip
+    out = stats.summarise(stats.long_rows(arm_rows(df), KIND), sec.reference, family=sec.holm_family,
+                          claims=[c.model_dump() for c in sec.claims], rope=sec.rope, alpha=sec.alpha,
+                          higher_is_better=hib, floor=sec.floor, controls=controls(sec))  # fmt: skip
+    out["trunk"] = stats.describe(stats.long_rows(trunk_rows(df), KIND))
+    out["warm_start"] = sec.warm_start.model_dump() if sec.warm_start is not None else None
+    return out
 
 
 def run_blocks(rdf, section: dict[str, Any], title: str) -> list[str]:
@@ -94,10 +122,41 @@ def summary_markdown(s: dict[str, Any], title: str) -> str:
         rows = []
         for _, r in ver.iterrows():
             p_adj = f"{r['p_adj']:.3g}" if r["p_adj"] == r["p_adj"] else "n/a"
-            rows.append([r["claim"], r["arm"], r["metric"], str(r["n"]), f"{r['mean_diff']:+.4f} {_ci(r)}", p_adj,
-                         f"**{r['verdict']}**"])  # fmt: skip
-        heads = [("arm", "left"), ("metric", "left"), ("n", "right"), ("difference [95% CI]", "right"),
-                 ("p (Holm)", "right"), ("verdict", "left")]  # fmt: skip
-        lines += ["", f"Verdicts (ROPE ±{s['rope']} AP, declared in the suite before any result):", "",
+            p_tost = f"{r['p_tost']:.3g}" if r["p_tost"] == r["p_tost"] else "n/a"
+            mde = f"{100 * r['mde']:.2f}" if r["mde"] == r["mde"] else "n/a"
+            credit = r.get("credited")
+            verdict = f"**{r['verdict']}**"
+            if credit is not None and credit == credit:
+                verdict += (
+                    " (shows against every control too)"
+                    if credit
+                    else " (not against the control: not credited to attention)"
+                )
+            rows.append([r["claim"], r["arm"], r["reference"], r["metric"], str(r["n"]),
+                         f"{r['mean_diff']:+.4f} {_ci(r)}", p_adj, p_tost, mde, verdict])  # fmt: skip
+        heads = [("arm", "left"), ("against", "left"), ("metric", "left"), ("n", "right"),
+                 ("difference [95% CI]", "right"), ("p (Holm)", "right"), ("TOST p", "right"),
+                 ("MDE (AP points)", "right"), ("verdict", "left")]  # fmt: skip
+        floor = f"; floor {s['floor']} AP" if s.get("floor") is not None else ""
+        ctrl = f"; controls {', '.join(s['controls'])} (own Holm family)" if s.get("controls") else ""
+        lines += ["", f"Verdicts (ROPE ±{s['rope']} AP{floor}{ctrl}; declared in the suite before any result; "
+                  "equivalence by two one-sided tests at alpha; MDE: the smallest effect a two-sided paired t test "
+                  "at the verdict's alpha (Holm's first step, alpha / m) detects with power 0.8):", "",
                   markdown_table("claim", heads, rows)]  # fmt: skip
+    trunk = s.get("trunk")
+    if trunk is not None and not trunk.empty:
+        ws = s.get("warm_start") or {}
+        cells = stats.mean_sd_cells(
+            trunk,
+            trunk["arm"].iloc[0],
+            [m for m in ("map50_95", "map50") if m in set(trunk["metric"])],
+            _fixed,
+        )
+        lines += ["", f"Warm start: every arm fine-tuned from one common trunk ({trunk['arm'].iloc[0]}, "
+                  f"{ws.get('epochs', '?')} epochs from scratch, mode {ws.get('mode', '?')}), as users fine-tune from "
+                  f"one public checkpoint; trunk mAP50-95, mAP50: {', '.join(cells)}."]  # fmt: skip
+    kappa = desc[desc["metric"] == "proxy_kappa"]
+    if not kappa.empty:
+        lines += ["", f"Box proxy against true occlusion (levels set on train, agreement on val): Cohen's kappa "
+                  f"{kappa['mean'].iloc[0]:.3f}."]  # fmt: skip
     return "\n".join(lines)

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.runner import POOL_THREADS_ENV
-from benchmarks.studies.detection.coco_eval import evaluate_detections, gt_counts
+from benchmarks.studies.detection.coco_eval import (
+    calibrate_proxy_levels,
+    evaluate_detections,
+    faster_coco_map,
+    gt_counts,
+    proxy_agreement,
+)
 
 
 def prepare_data(data: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:
@@ -153,6 +159,19 @@ def torch_device(device: str) -> str:
         return d
     d = d.removeprefix("cuda:").removeprefix("cuda").split(",")[0].strip()
     return f"cuda:{d or 0}"
+
+
+def transfer_count(weights: str | os.PathLike, cfg: str, nc: int) -> dict[str, float]:
+    """What Ultralytics' ``load`` transfers from ``weights`` into the model the trainer builds from the
+    YAML ``cfg`` for ``nc`` classes: ``transferred`` (tensors whose name and shape match: Ultralytics'
+    own ``intersect_dicts``, the rule its ``load`` applies) of ``transfer_total`` (the model's tensors)."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.utils.torch_utils import intersect_dicts
+
+    src, _ = load_checkpoint(str(weights))
+    mine = DetectionModel(cfg, nc=nc, verbose=False).state_dict()
+    return {"transferred": float(len(intersect_dicts(src.float().state_dict(), mine))),
+            "transfer_total": float(len(mine))}  # fmt: skip
 
 
 def _epoch_times_from_csv(path: Path) -> list[float]:
@@ -297,8 +316,13 @@ def run_detection_cell(
         exist_ok=True,
         verbose=False,
     )
+    transfer: dict[str, float] = {}
     if tr.get("pretrained"):
         args["pretrained"] = tr["pretrained"]
+        import yaml
+
+        nc = len(yaml.safe_load(Path(data_yaml).read_text())["names"])
+        transfer = transfer_count(tr["pretrained"], tu.model_yaml(params["variant"], params["scale"]), nc)
     if resume:  # the checkpoint carries every other argument; these may differ on the new node
         args = {"resume": True, "data": args["data"], "device": device, "workers": tr["workers"],
                 "batch": params["batch"], "imgsz": params["imgsz"], "verbose": False}  # fmt: skip
@@ -328,19 +352,31 @@ def run_detection_cell(
             **val_args,
         )
         preds = Path(val.save_dir) / "predictions.json"
+        preds = preds if preds.is_file() else []
         levels = {k: tuple(v) for k, v in params["occlusion_levels"].items()}
+        # the box proxy's levels are set on train where train has true visibility (generated data)
+        train_gt = gt_json.with_name("train.json")
+        proxy_levels = calibrate_proxy_levels(train_gt, levels) if train_gt.is_file() else None
         out: dict[str, float] = {
             k: float(v)
             for k, v in evaluate_detections(
                 gt_json,
-                preds if preds.is_file() else [],
+                preds,
                 levels=levels,
                 recall_score=ev["recall_score"],
                 recall_iou=ev["recall_iou"],
                 max_dets=ev["max_dets"],
+                proxy_levels=proxy_levels,
             ).items()
         }
-        out.update({k: float(v) for k, v in gt_counts(gt_json, levels).items()})
+        out.update({k: float(v) for k, v in gt_counts(gt_json, levels, proxy_levels=proxy_levels).items()})
+        if proxy_levels is not None:
+            agree = proxy_agreement(gt_json, levels, proxy_levels)
+            out["proxy_kappa"] = agree.pop("kappa")
+            out.update({f"proxy_{k}": v for k, v in agree.items()})
+        fce = faster_coco_map(gt_json, preds, max_dets=ev["max_dets"])  # the evaluator, cross-checked
+        out["map50_95_fce"], out["map50_fce"] = fce["map50_95"], fce["map50"]
+        out.update(transfer)
         out["ul_map50_95"] = float(val.box.map)
         out["ul_map50"] = float(val.box.map50)
         net = trained.model.float()

@@ -15,16 +15,19 @@ placed over an earlier one so that occlusion is common. Every object records:
 - its *visible* box and area (pixels not hidden by a later object or a distractor drawn on top),
 - ``visible_fraction = visible area / amodal area`` (a placement that would leave any object
   under ``min_visible`` is drawn again elsewhere, or the object is dropped),
-- ``size_bucket`` (small / medium / large) from its visible area with COCO's thresholds scaled
-  to the image: COCO's 32^2 and 96^2 pixels belong to images about 640 pixels wide, so here
-  ``small < (32 s/640)^2 <= medium < (96 s/640)^2 <= large`` for an ``s``-pixel image
-  (256 and 2304 pixels at 320),
+- ``size_bucket`` (small / medium / large) from its visible area with COCO's own pixel
+  thresholds at the network's input (the images are made at the training size):
+  ``small < 32^2 <= medium < 96^2 <= large`` pixels, as COCO defines them. (Thresholds scaled to
+  the image would call "small" what is under one stride-8 cell of the detector's finest level:
+  the network's strides do not scale with the image.)
 - ``occlusion_proxy``: the fraction of its visible box covered by the other objects' visible boxes
   (:func:`benchmarks.studies.detection.data.real.box_occlusion_proxy`; a proxy, the only occlusion measure that
   real data without visibility annotations allows, recorded here to be compared with the truth).
 
 As in COCO, the training label is the visible box and ``area`` is the visible pixel area.
-Same arguments -> byte-identical files. Each image draws from its own random stream
+Same arguments -> byte-identical files. ``version`` (:data:`GENERATOR_VERSION`) is part of the
+arguments, so scenes drawn by a changed generator never share an identity with older ones
+(version 1: thresholds scaled to the image, no train ground truth). Each image draws from its own random stream
 (``seed``, split, index), so the validation images do not change with ``n_train``.
 
 Layout::
@@ -33,6 +36,7 @@ Layout::
     root/images/{train,val}/00000.png    (the stem is the COCO image id)
     root/labels/{train,val}/00000.txt    "class x_center y_center width height" (0..1), visible box
     root/annotations/val.json            COCO ground truth of val with the fields listed above
+    root/annotations/train.json          the same for train (the occlusion proxy's levels are set on it)
 
 >>> import tempfile
 >>> data_yaml = make_scenes(tempfile.mkdtemp() + "/scenes", n_train=2, n_val=1, imgsz=128)
@@ -59,13 +63,15 @@ __all__ = [
     "make_scenes",
     "area_thresholds",
     "size_bucket",
+    "GENERATOR_VERSION",
     "CLASSES",
     "render_image",
     "annotate",
 ]
 
 CLASSES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon")
-COCO_SMALL, COCO_LARGE, COCO_WIDTH = 32, 96, 640  # COCO's area thresholds (sides, pixels) and image width
+COCO_SMALL, COCO_LARGE = 32, 96  # COCO's area thresholds (sides, pixels)
+GENERATOR_VERSION = 2  # what the scenes are: bumped whenever the same arguments would draw other files
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,19 @@ class ScenesConfig:
     min_visible: float = 0.2
     distractors: int = 6
     clutter: float = 1.0
+    version: int | None = None  # None: this generator's (GENERATOR_VERSION)
+
+    def __post_init__(self) -> None:
+        if self.version is None:
+            object.__setattr__(self, "version", GENERATOR_VERSION)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad argument."""
+        if self.version != GENERATOR_VERSION:
+            raise ValueError(
+                f"version {self.version}: this generator draws version {GENERATOR_VERSION} scenes only; "
+                f"drop 'version' or set it to {GENERATOR_VERSION}"
+            )
         if self.n_train < 1 or self.n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {self.n_train} and {self.n_val}")
         if self.imgsz < 32:
@@ -115,10 +131,9 @@ class ScenesConfig:
             raise ValueError(f"clutter must be in [0, 2], got {self.clutter}")
 
 
-def area_thresholds(imgsz: int) -> tuple[float, float]:
-    """COCO's small/large area thresholds scaled to an ``imgsz``-pixel image: ``((32 s/640)^2, (96 s/640)^2)``."""
-    k = imgsz / COCO_WIDTH
-    return (COCO_SMALL * k) ** 2, (COCO_LARGE * k) ** 2
+def area_thresholds() -> tuple[float, float]:
+    """COCO's small/large area thresholds in pixels at the network's input: ``(32^2, 96^2)``."""
+    return float(COCO_SMALL**2), float(COCO_LARGE**2)
 
 
 def size_bucket(area: float, thresholds: tuple[float, float]) -> str:
@@ -331,23 +346,28 @@ def _write(root: Path, cfg: ScenesConfig) -> None:
     from .real import box_occlusion_proxy
 
     s = cfg.imgsz
-    thresholds = area_thresholds(s)
-    coco = {
-        "info": {
-            "description": "benchmarks.studies.detection.data.scenes val ground truth",
-            "generator": asdict(cfg),
-            "area_thresholds": list(thresholds),
-            "area_scaling": f"COCO's 32^2 / 96^2 pixel thresholds times (imgsz / 640)^2 = ({s}/640)^2",
-            "bbox": "visible box; amodal_bbox: box of the whole object; areas in pixels",
-            "occlusion_proxy": "proxy: fraction of the visible box covered by other objects' visible boxes",
-        },
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": c + 1, "name": n} for c, n in enumerate(CLASSES[: cfg.n_classes])],
-    }
+    thresholds = area_thresholds()
+
+    def coco_doc(split: str) -> dict:
+        return {
+            "info": {
+                "description": f"benchmarks.studies.detection.data.scenes {split} ground truth",
+                "generator": asdict(cfg),
+                "area_thresholds": list(thresholds),
+                "area_scaling": "none: COCO's own 32^2 / 96^2 pixel thresholds at the network's input",
+                "bbox": "visible box; amodal_bbox: box of the whole object; areas in pixels",
+                "occlusion_proxy": "proxy: fraction of the visible box covered by other objects' visible boxes",
+            },
+            "images": [],
+            "annotations": [],
+            "categories": [{"id": c + 1, "name": n} for c, n in enumerate(CLASSES[: cfg.n_classes])],
+        }
+
+    (root / "annotations").mkdir(parents=True)
     for split_id, (split, count) in enumerate((("train", cfg.n_train), ("val", cfg.n_val))):
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
+        coco = coco_doc(split)
         for j in range(count):
             img, objects = render_image(np.random.default_rng([cfg.seed, split_id, j]), cfg)
             Image.fromarray(img).save(root / "images" / split / f"{j:05d}.png", compress_level=1)
@@ -357,8 +377,6 @@ def _write(root: Path, cfg: ScenesConfig) -> None:
                 for o in objects
             ]
             (root / "labels" / split / f"{j:05d}.txt").write_text("".join(lines))
-            if split != "val":
-                continue
             coco["images"].append({"id": j, "file_name": f"{j:05d}.png", "width": s, "height": s})
             proxy = box_occlusion_proxy(
                 np.array([o["box"] for o in objects], dtype=np.float64).reshape(-1, 4)
@@ -379,8 +397,7 @@ def _write(root: Path, cfg: ScenesConfig) -> None:
                         "occlusion_proxy": round(float(p), 6),
                     }
                 )
-    (root / "annotations").mkdir()
-    (root / "annotations" / "val.json").write_text(json.dumps(coco, separators=(",", ":")))
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
 
 
 def _yaml_text(root: Path, cfg: ScenesConfig) -> str:
@@ -390,6 +407,7 @@ def _yaml_text(root: Path, cfg: ScenesConfig) -> str:
         "val": "images/val",
         "names": dict(enumerate(CLASSES[: cfg.n_classes])),
         "coco_val": "annotations/val.json",
+        "coco_train": "annotations/train.json",
         "generator": {"name": "benchmarks.studies.detection.data.scenes", **asdict(cfg)},
     }
     return yaml.safe_dump(doc, sort_keys=False)
