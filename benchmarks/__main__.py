@@ -201,6 +201,8 @@ def _readme_block(args, ap, marker: str, block: str) -> None:
 
 
 def _cmd_derive(args, ap) -> int:
+    from pathlib import Path
+
     from benchmarks.core import registry
     from benchmarks.core.reproduce import compare
     from benchmarks.core.store import list_runs, load_rows, select_runs
@@ -241,7 +243,27 @@ def _cmd_derive(args, ap) -> int:
             print(f"updated {args.readme}")
     if not written:
         ap.error(f"the selected runs {sorted(looked)} hold no error-free rows to derive from")
+    if args.readme and f"<!-- times:{args.suite_name}:begin -->" in Path(args.readme).read_text(
+        encoding="utf-8"
+    ):
+        _readme_block(
+            args, ap, f"times:{args.suite_name}", _times_block(command, [r for r in every if r.id in looked])
+        )
     return 0
+
+
+def _times_block(command: str, runs) -> str:
+    """Wall time per study of the runs the README's blocks come from (each run's own log)."""
+    from benchmarks.report.render import markdown_table
+
+    rows = []
+    for r in sorted(runs, key=lambda r: r.id):
+        for kind, (n, sec) in sorted(r.wall_times().items()):
+            rows.append([r.id, kind, str(n), f"{sec / 60:.1f}", r.record["machine"]["name"]])
+    heads = [("study", "left"), ("cells", "right"), ("wall time (min)", "right"), ("machine", "left")]
+    return "\n".join([f"Written by `{command} --readme README.md` from each run's log (first cell started to last "
+                      "finished, per study; studies whose cells run side by side overlap):", "",
+                      markdown_table("run", heads, rows)])  # fmt: skip
 
 
 def _cmd_runs(args, ap) -> int:

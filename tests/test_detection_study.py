@@ -71,14 +71,19 @@ def test_smoke_detection_end_to_end_and_a_killed_resumed_run_reproduces_every_ac
         )
         assert set(df[df["variant"] == "yolo11n-noattn"]["role"]) == {"trunk"}
         tuned = df[(df["variant"] != "yolo11n-noattn") & (df["pass"] == "train")].set_index("metric")
-        assert (tuned.loc["transferred", "value"].to_numpy() < tuned.loc["transfer_total", "value"].to_numpy()).all()
+        assert (
+            tuned.loc["transferred", "value"].to_numpy() < tuned.loc["transfer_total", "value"].to_numpy()
+        ).all()
         # the evaluator cross-checked: faster-coco-eval on the same predictions
         ok = df[df["error"].isna()].pivot_table(index="cell", columns="metric", values="value")
         gap = (ok["map50_95"] - ok["map50_95_fce"]).dropna()
         assert len(gap) == 3 and (gap.abs() < 1e-10).all()  # the trunk and the two fine-tunes
         assert not df.duplicated(["cell", "metric"]).any()  # the killed attempt left no rows
         acc = df[df["metric"].isin(ACCURACY_METRICS)]
-        rows[name] = {(r.variant, r.metric): (r.value if r.value == r.value else None, r.error) for r in acc.itertuples()}
+        rows[name] = {
+            (r.variant, r.metric): (r.value if r.value == r.value else None, r.error)
+            for r in acc.itertuples()
+        }
     assert rows["a"] == rows["b"] and len(rows["a"]) >= 2 * 10
     # training artefacts stay under the run, never in the rows' folder of a published run
     (run,) = list_runs(tmp_path / "a", "smoke", "local")

@@ -76,14 +76,17 @@ def _ops(variant, exponent, pass_="fwd", metric="latency_ms"):
             for n in ns]  # fmt: skip
 
 
-def _yolo(params, gflops):
+def _yolo(params, gflops, counted=None):
+    """yolo11n-tssa count rows: params, Ultralytics' GFLOPs estimate and (given ``counted`` in GFLOPs)
+    the project's exact count, stored in FLOPs as the suite's ``flops_torch`` rows are."""
     base = dict(kind="complexity", error=None, variant="yolo11n-tssa", family="yolo", image_size=640)
-    return pd.DataFrame(
-        [
-            {**base, "metric": "params", "value": params},
-            {**base, "metric": "gflops_ultralytics", "value": gflops},
-        ]
-    )
+    rows = [
+        {**base, "metric": "params", "value": params},
+        {**base, "metric": "gflops_ultralytics", "value": gflops},
+    ]
+    if counted is not None:
+        rows.append({**base, "metric": "flops_torch", "value": counted * 1e9})
+    return pd.DataFrame(rows)
 
 
 def _ledger(ops, yolo, cls) -> pd.DataFrame:
@@ -98,7 +101,7 @@ def _ledger(ops, yolo, cls) -> pd.DataFrame:
 def test_ledger_verdicts_from_constructed_rows():
     ops = pd.DataFrame(_ops("tssa:stream", 1.0) + _ops("layer:tssa", 2.0)
                        + _ops("tssa:stream", 1.0, "fwd+bwd", "peak_mib"))  # fmt: skip
-    led = _ledger(ops, _yolo(2_606_000, 6.6), pd.DataFrame()).set_index("claim")
+    led = _ledger(ops, _yolo(2_606_000, 6.6, counted=6.62), pd.DataFrame()).set_index("claim")
     assert led.loc["Linear time in N (core)", "verdict"] == "supported"
     assert led.loc["Linear time in N (layer)", "verdict"] == "contradicted"  # quadratic rows
     assert led.loc["Linear memory in N (core)", "verdict"] == "supported"
@@ -107,10 +110,42 @@ def test_ledger_verdicts_from_constructed_rows():
     assert led.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "supported"
     assert led.loc["ToST on par with its softmax and XCA controls", "verdict"] == claims.NOT_TESTABLE
     assert "GPU" in led.loc["16K tokens: ToST ~12 ms vs ViT ~300 ms, ~0.13 GB vs ~17 GB", "why"]
-    led2 = _ledger(ops, _yolo(2_700_000, 7.1), pd.DataFrame()).set_index("claim")
+    led2 = _ledger(ops, _yolo(2_700_000, 7.1, counted=7.05), pd.DataFrame()).set_index("claim")
     assert led2.loc["yolo11n-TSSA has 2.61M parameters", "verdict"] == "contradicted"
     assert led2.loc["yolo11n-TSSA costs 6.6 GFLOPs", "verdict"] == "contradicted"
     assert set(led["verdict"]) <= set(claims.VERDICTS)
+
+
+def test_ledger_gflops_claim_rests_on_the_exact_count():
+    """The committed run's case: Ultralytics' estimate (the forks' tool) rounds to the claimed 6.6,
+    the project's exact count (6.4921) to 6.5. The row shows both; the verdict follows the count."""
+    claim = "yolo11n-TSSA costs 6.6 GFLOPs"
+    row = (
+        _ledger(pd.DataFrame(), _yolo(2_605_650, 6.596, counted=6.4921), pd.DataFrame())
+        .set_index("claim")
+        .loc[claim]
+    )
+    assert row["verdict"] == "contradicted"
+    assert row["verdict"] in claims.VERDICTS
+    assert "exact count" in row["measured"] and "6.492 GFLOPs" in row["measured"]
+    assert "Ultralytics' estimate (the forks' tool): 6.596 GFLOPs" in row["measured"]
+    assert row["why"].startswith("on the exact count: 6.49 -> 6.5 vs claimed 6.6: contradicted")
+    assert "Ultralytics' estimate 6.596 -> 6.6 (the forks' tool) matches" in row["why"]
+    # the estimate alone no longer decides, either way
+    agree = (
+        _ledger(pd.DataFrame(), _yolo(2_605_650, 7.0, counted=6.61), pd.DataFrame())
+        .set_index("claim")
+        .loc[claim]
+    )
+    assert agree["verdict"] == "supported"
+    assert "6.61 -> 6.6 vs claimed 6.6: supported" in agree["why"]
+    assert "Ultralytics' estimate 7.000 -> 7.0 (the forks' tool) does not match" in agree["why"]
+    alone = _ledger(pd.DataFrame(), _yolo(2_605_650, 6.596), pd.DataFrame()).set_index("claim").loc[claim]
+    assert alone["verdict"] == claims.NOT_TESTABLE
+    assert "6.596" in alone["measured"] and "exact count" in alone["why"]
+    # the parameter claim is untouched by the GFLOPs rows
+    params = _ledger(pd.DataFrame(), _yolo(2_605_650, 6.596), pd.DataFrame()).set_index("claim")
+    assert params.loc["yolo11n-TSSA has 2.61M parameters", "verdict"] == "supported"
 
 
 def test_ledger_detection_and_classification_verdicts():
@@ -254,3 +289,33 @@ def test_figures_embed_truetype_no_type3():
     for p in pdfs:
         fonts = subprocess.run(["pdffonts", str(p)], capture_output=True, text=True).stdout
         assert "Type 3" not in fonts and "TrueType" in fonts, p.name
+
+
+def test_yolo_table_reproduced_means_the_counted_gflops_match():
+    """The YOLO table's check against published figures: the counted GFLOPs decide, the estimate is shown."""
+    from benchmarks.studies.complexity import yolo_table
+
+    rows = [
+        dict(variant="yolo11", scale="n", params=2_624_080, gflops=6.5712, gflops_ultralytics=6.655),
+        dict(variant="yolo11-tssa", scale="n", params=2_605_650, gflops=6.4921, gflops_ultralytics=6.596),
+    ]
+    lines = [x for x in yolo_table.render(rows, 640, "run-x").splitlines() if x.startswith("- ")]
+    assert lines == [
+        "- Ultralytics yolo11n: 2.62M params / 6.5-6.7 GFLOPs at 640; here `yolo11n` has 2.62M / 6.57 GFLOPs "
+        "counted (6.6 at one decimal), 6.7 by Ultralytics' estimate: reproduced.",
+        "- public C2PSA-TSSA forks: 2.61M params / 6.6 GFLOPs at 640; here `yolo11n-tssa` has 2.61M / 6.49 "
+        "GFLOPs counted (6.5 at one decimal), 6.6 by Ultralytics' estimate: not reproduced (counted 6.5 vs 6.6; "
+        "Ultralytics' estimate 6.6 matches).",
+    ]
+    verdict = yolo_table.public_verdict
+    tssa = rows[1]
+    assert verdict({**tssa, "gflops": 6.61}, 2.61, (6.6, 6.6)).endswith(": reproduced")  # estimate irrelevant
+    assert verdict({**tssa, "gflops": 6.61, "gflops_ultralytics": 9.0}, 2.61, (6.6, 6.6)).endswith(
+        ": reproduced"
+    )
+    assert verdict({**tssa, "params": 2_700_000, "gflops": 6.61}, 2.61, (6.6, 6.6)).endswith(
+        ": not reproduced (params 2.70M vs 2.61M)"
+    )
+    assert verdict({**tssa, "gflops_ultralytics": 7.0}, 2.61, (6.6, 6.6)).endswith(
+        "not reproduced (counted 6.5 vs 6.6; Ultralytics' estimate 7.0 does not match)"
+    )

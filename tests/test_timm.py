@@ -652,3 +652,21 @@ def test_which_weights_each_documented_loading_path_gives(tmp_path):
     model = timm.create_model(name, num_classes=3)
     model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=False), model))
     assert same(model, trained)
+
+
+def test_the_readme_parameter_table_is_what_create_model_counts():
+    """Every count in the README's ToST parameter table (a generated block) is the registered model's."""
+    import re
+    from pathlib import Path
+
+    from benchmarks.studies.classification.params import FAMILIES, ROWS, count
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- tost-params:begin -->")[1].split("<!-- tost-params:end -->")[0]
+    lines = [ln for ln in block.splitlines() if re.match(r"^\| (tiny|small|medium|large), depth", ln)]
+    assert len(lines) == len(ROWS)
+    for (size, depth, _), line in zip(ROWS, lines):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0].startswith(f"{size}, depth {depth}, p16")
+        for fam, cell in zip(FAMILIES, cells[1:4]):
+            assert int(cell.replace(",", "")) == count(f"{fam}_{size}_{depth}_p16_224"), (fam, size)

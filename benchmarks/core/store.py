@@ -553,6 +553,24 @@ class Run:
             if rec.get("type") == "row" and finished.get(rec["cell"]) == rec["attempt"]
         ]
 
+    def wall_times(self) -> dict[str, tuple[int, float]]:
+        """Per cell kind: ``(cells, seconds)``, the wall time from the first ``started`` to the last
+        ``finished`` event of that kind's cells in this run's log (kinds whose cells interleave
+        with another's overlap; a resumed run's pause is counted)."""
+        import datetime as dt
+
+        spans: dict[str, list[float]] = {}
+        cells: dict[str, set[str]] = {}
+        for rec in _read_lines(self.log_path):
+            if rec.get("type") != "event" or rec.get("event") not in ("started", "finished"):
+                continue
+            kind = rec["cell"].split("/", 1)[0]
+            t = dt.datetime.fromisoformat(rec["time"]).timestamp()
+            lo_hi = spans.setdefault(kind, [t, t])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], t), max(lo_hi[1], t)
+            cells.setdefault(kind, set()).add(rec["cell"])
+        return {k: (len(cells[k]), v[1] - v[0]) for k, v in spans.items()}
+
     def artifacts(self, cell_hash: str) -> Path:
         """The folder for one cell's training artefacts (weights, logs): ``<run>/artifacts/<hash>``."""
         path = self.path / ARTIFACTS / cell_hash

@@ -9,8 +9,10 @@ each (the Python around the calls included); this check compares the counts with
 
 Counts depend on the code path, so the expectation is keyed by torch version, Python version and
 the CPU capability ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``); on a machine
-with no committed key the check skips and says how to record one (``TSSA_PERF_REFRESH=1``).
-Refresh on purpose after an intended change of the core, and review the diff.
+with no committed key the check skips before it starts valgrind, and its skip reason (shown by
+``-ra``) and a line of the terminal summary (``tests/perf/conftest.py``) name the missing key and
+the command that records it (``RECORD_COMMAND``). Refresh on purpose after an intended change of
+the core, and review the diff.
 
 Valgrind does count inside ATen's kernels here: with the core's work doubled
 (``TSSA_PERF_PLANT=double``) the forward count went from 60.6 M to 121.0 M (x1.996) and fwd+bwd from
@@ -38,16 +40,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from _expected import expected, record, refreshing
+from _expected import REFRESH_ENV, expected, record, refreshing
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 TOLERANCE = 0.01  # relative; clean runs here differ by <= 0.07 %, the smallest plant (slow25) adds 41 %
+RECORD_COMMAND = f"{REFRESH_ENV}=1 tox -e perf -- -k instructions"  # then review the diff of expected.json
 
 
 def _key() -> str:
     py = ".".join(platform.python_version_tuple()[:2])
     return f"torch {torch.__version__}, python {py}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def missing_key_reason(key: str) -> str:
+    """One line: the key with no committed counts, and the command that records them."""
+    return (
+        f"instruction counts not gated: no expectation for this machine's key {key!r} in "
+        f"tests/perf/expected.json; record it with `{RECORD_COMMAND}` and commit the reviewed diff"
+    )
 
 
 def _total(dump: Path) -> int:
@@ -80,19 +91,44 @@ def collect_counts(tmp: Path) -> dict[str, int]:
 @pytest.mark.skipif(
     not torch._C._valgrind_supported_platform(), reason="torch built without valgrind support"
 )
-def test_instructions_core_match_expectation(tmp_path, record_property):
+def test_instructions_core_match_expectation(tmp_path, record_property, missing_expectation):
+    key = _key()
+    want = expected(("instructions", key))
+    if want is None and not refreshing():  # nothing to compare with: skip before the slow valgrind run
+        reason = missing_key_reason(key)
+        missing_expectation(reason)  # repeated in the terminal summary (tests/perf/conftest.py)
+        pytest.skip(reason)
     counts = collect_counts(tmp_path)
     for name, count in counts.items():
         record_property(name, count)
         print(f"\ninstructions {name}: {count}")
     if refreshing():
-        record(("instructions", _key()), counts)
-    want = expected(("instructions", _key()))
-    if want is None:
-        pytest.skip(f"no instruction-count expectation for {_key()!r}; record one with TSSA_PERF_REFRESH=1")
+        record(("instructions", key), counts)
     for name, count in counts.items():
         ratio = count / want[name]
         assert abs(ratio - 1) <= TOLERANCE, (
             f"{name}: {count:,} instructions, expected {want[name]:,} ({ratio:.3f}x, tolerance "
             f"{TOLERANCE:.1%}); if intended, refresh with TSSA_PERF_REFRESH=1 (tests/perf/_expected.py)"
         )
+
+
+def test_instructions_skip_names_the_missing_key_and_its_record_command(monkeypatch):
+    """On a machine with no committed key the check skips, saying which key and how to record it."""
+    fake = "torch 0.0.0+fake, python 3.99, x86_64 NOCAP"
+    monkeypatch.delenv(REFRESH_ENV, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "_key", lambda: fake)
+
+    def no_valgrind(tmp):
+        raise AssertionError("valgrind started although no expectation exists to compare with")
+
+    monkeypatch.setattr(sys.modules[__name__], "collect_counts", no_valgrind)
+    noted = []
+    with pytest.raises(pytest.skip.Exception) as skip:
+        test_instructions_core_match_expectation(None, lambda *a: None, noted.append)
+    reason = str(skip.value)
+    assert reason == missing_key_reason(fake)
+    assert repr(fake) in reason and RECORD_COMMAND in reason
+    assert noted == [reason]  # the same line goes to the terminal summary
+    # the command is the one that records: it sets the refresh variable and selects this check
+    assert RECORD_COMMAND.startswith(f"{REFRESH_ENV}=1 ") and "-k instructions" in RECORD_COMMAND
+    assert "instructions" in test_instructions_core_match_expectation.__name__

@@ -54,7 +54,8 @@ SUMMARY_METRICS = (
 )
 DIFF_METRICS = ("top1", "top5", "val_loss", "images_per_s")
 _READING = {
-    "equivalent": "matches ToST (interval within the ROPE)",
+    "equivalent": "matches ToST (90% interval within the ROPE)",
+    stats.NOT_TESTABLE_FLOOR: stats.NOT_TESTABLE_FLOOR,
     "supported": "control better",
     "contradicted": "ToST better",
     "inconclusive": "inconclusive",
@@ -103,18 +104,41 @@ def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
             rows = []
             for _, r in ver.iterrows():
                 p_adj = f"{r['p_adj']:.3g}" if r["p_adj"] == r["p_adj"] else "n/a"
+                p_tost = f"{r['p_tost']:.3g}" if r["p_tost"] == r["p_tost"] else "n/a"
+                mde = f"{100 * r['mde']:.2f}" if r["mde"] == r["mde"] else "n/a"
                 rows.append([r["arm"], str(r["n"]), f"{r['mean_diff']:+.4f} {_ci(r['ci_low'], r['ci_high'], 'top1')}",
-                             p_adj, f"**{_READING[r['verdict']]}**"])  # fmt: skip
+                             p_adj, p_tost, mde, f"**{_READING[r['verdict']]}**"])  # fmt: skip
             heads = [
                 ("n", "right"),
                 ("difference [95% CI]", "right"),
                 ("p (Holm)", "right"),
+                ("TOST p", "right"),
+                ("MDE (points)", "right"),
                 ("verdict", "left"),
             ]
-            lines += ["", f"Top-1 verdicts (ROPE ±{t['rope']} top-1, fixed in the suite before any result):", "",
+            lines += ["", f"Top-1 verdicts (ROPE ±{t['rope']} top-1, fixed in the suite before any result; "
+                      "equivalence by two one-sided tests; MDE: the smallest top-1 difference a two-sided paired t "
+                      "test at Holm's first-step alpha detects with power 0.8 at these seeds):", "",
                       markdown_table("control", heads, rows)]  # fmt: skip
+        lines += _resolution(desc)
         lines.append("")
     return "\n".join(lines).strip()
+
+
+def _resolution(desc) -> list[str]:
+    """What the validation set can resolve: one image's step, and the binomial sd of a top-1 near the
+    measured one (the sampling noise of the val set itself, which no number of seeds removes)."""
+    n = desc[desc["metric"] == "val_images"]
+    top1 = desc[desc["metric"] == "top1"]
+    if n.empty or top1.empty:
+        return []
+    n_val = int(n["mean"].iloc[0])
+    p = float(top1["mean"].mean())
+    sd = (p * (1 - p) / n_val) ** 0.5
+    return ["", f"What the validation set can resolve: {n_val} images, so top-1 moves in steps of "
+            f"{100 / n_val:.2f} points; at the measured top-1 ({100 * p:.1f}%) a second draw of {n_val} images "
+            f"would differ by a binomial sd of {100 * sd:.2f} points: the seeds' paired intervals say how the "
+            "models compare on these images, not on the population they were drawn from."]  # fmt: skip
 
 
 def paper_markdown() -> str:

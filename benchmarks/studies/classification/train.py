@@ -69,6 +69,7 @@ CLASSIFICATION_METRICS = (
     Metric(
         "throughput_samples", "count", None, "timed blocks behind the throughput", r"$n_{\mathrm{blocks}}$", 0
     ),
+    Metric("val_images", "count", None, "validation images", r"$n_{\mathrm{val}}$", 0),
 )
 # registered by the core (benchmarks.core.metrics), one convention with the detection study: params,
 # gflops (FlopCounterMode, 2 per multiply-add, benchmarks.core.flops), images_per_s, train_time_s, train_peak_mib
@@ -523,7 +524,7 @@ def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
         c1 += round(float(a1) * b / 100.0)  # accuracy() gives percentages; counts are integers
         c5 += round(float(a5) * b / 100.0)
         n += b
-    return {"top1": c1 / n, "top5": c5 / n, "val_loss": loss_sum / n}
+    return {"top1": c1 / n, "top5": c5 / n, "val_loss": loss_sum / n, "val_images": float(n)}
 
 
 def train_step_peak_mib(
