@@ -118,16 +118,16 @@ def test_ledger_verdicts_from_constructed_rows():
 
 def test_ledger_gflops_claim_rests_on_the_exact_count():
     """The committed run's case: Ultralytics' estimate (the forks' tool) rounds to the claimed 6.6,
-    the project's exact count (6.4921) to 6.5. The row shows both; the verdict follows the count."""
+    the project's exact count (6.4886) to 6.5. The row shows both; the verdict follows the count."""
     claim = "yolo11n-TSSA costs 6.6 GFLOPs"
     row = (
-        _ledger(pd.DataFrame(), _yolo(2_605_650, 6.596, counted=6.4921), pd.DataFrame())
+        _ledger(pd.DataFrame(), _yolo(2_605_650, 6.596, counted=6.488612194), pd.DataFrame())
         .set_index("claim")
         .loc[claim]
     )
     assert row["verdict"] == "contradicted"
     assert row["verdict"] in claims.VERDICTS
-    assert "exact count" in row["measured"] and "6.492 GFLOPs" in row["measured"]
+    assert "exact count" in row["measured"] and "6.489 GFLOPs" in row["measured"]
     assert "Ultralytics' estimate (the forks' tool): 6.596 GFLOPs" in row["measured"]
     assert row["why"].startswith("on the exact count: 6.49 -> 6.5 vs claimed 6.6: contradicted")
     assert "Ultralytics' estimate 6.596 -> 6.6 (the forks' tool) matches" in row["why"]
@@ -296,8 +296,14 @@ def test_yolo_table_reproduced_means_the_counted_gflops_match():
     from benchmarks.studies.complexity import yolo_table
 
     rows = [
-        dict(variant="yolo11", scale="n", params=2_624_080, gflops=6.5712, gflops_ultralytics=6.655),
-        dict(variant="yolo11-tssa", scale="n", params=2_605_650, gflops=6.4921, gflops_ultralytics=6.596),
+        dict(variant="yolo11", scale="n", params=2_624_080, gflops=6.56523808, gflops_ultralytics=6.6733184),
+        dict(
+            variant="yolo11-tssa",
+            scale="n",
+            params=2_605_650,
+            gflops=6.488612194,
+            gflops_ultralytics=6.5962112,
+        ),
     ]
     lines = [x for x in yolo_table.render(rows, 640, "run-x").splitlines() if x.startswith("- ")]
     assert lines == [

@@ -312,6 +312,10 @@ def test_table_script_writes_readme(tmp_path):
     assert "| `yolo11n-tssa` | 2,605,650 |" in text
     assert "| `yolo11n` | 2,624,080 |" in text
     assert "public C2PSA-TSSA forks: 2.61M params / 6.6 GFLOPs at 640" in text
+    # "reproduced" follows the counted GFLOPs: the forks' 6.6 is Ultralytics' estimate, the count is 6.49
+    assert "`yolo11n-tssa` has 2.61M / 6.49 GFLOPs counted (6.5 at one decimal)" in text
+    assert ": not reproduced (counted 6.5 vs 6.6; Ultralytics' estimate" in text
+    assert "`yolo11n` has 2.62M / 6.57 GFLOPs counted (6.6 at one decimal)" in text
     bad = tmp_path / "BAD.md"
     bad.write_text("no markers\n")
     r = subprocess.run([*cmd, "--write-readme", str(bad)], capture_output=True, text=True, timeout=300)

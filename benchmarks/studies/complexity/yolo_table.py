@@ -34,13 +34,14 @@ PUBLIC = [
 
 
 def measure(
-    results_dir: str = "results", rerun: bool = False, suite_arg: str = "yolo-table"
+    results_dir: str = "results", rerun: bool = False, suite_arg: str = "yolo-table", from_rows: bool = False
 ) -> tuple[list[dict], str]:
     """One dict per (variant, scale) from the rows of the ``yolo-table`` suite, and the run id.
 
     The rows come from the latest complete run of the suite's configuration on this machine (local
     or published); the suite is run (or an interrupted run resumed) when there is none, or always
-    with ``rerun``.
+    with ``rerun``. ``from_rows``: never measure; the latest complete run of the configuration on
+    any machine (counts do not depend on the machine), ValueError when there is none.
     """
     from benchmarks.core.runner import run_groups
     from benchmarks.core.store import config_hash, list_runs, machine
@@ -54,9 +55,13 @@ def measure(
         for r in list_runs(results_dir, name)
         if r.record["status"] == "complete"
         and r.record["config_hash"] == config_hash(suite)
-        and r.record["machine"]["id"] == machine()["id"]
+        and (from_rows or r.record["machine"]["id"] == machine()["id"])
     ]
-    if done and not rerun:
+    if from_rows and not done:
+        raise ValueError(
+            f"no complete run of suite {name!r} under {results_dir}; run it without --from-rows first"
+        )
+    if done and (not rerun or from_rows):
         run = done[-1]
     else:
         run = run_groups(name, suite, complexity.plan(name, suite), results_dir, log=lambda *a: None)
@@ -152,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results", help="folder of the runs (default results/)")
     parser.add_argument("--suite", default="yolo-table", help="count-only model suite (name or .yaml path)")
     parser.add_argument("--rerun", action="store_true", help="measure again even if a complete run exists")
+    parser.add_argument("--from-rows", action="store_true",
+                        help="never measure: the latest complete run of the suite on any machine")  # fmt: skip
     parser.add_argument(
         "--write-readme", nargs="?", const=str(README), default=None, metavar="PATH", help="README to update"
     )
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if text.count(begin) != 1 or text.count(end) != 1:
             parser.error(f"--write-readme: {readme} needs exactly one {begin} and one {end}")
     try:
-        rows, run_id = measure(args.results_dir, args.rerun, args.suite)
+        rows, run_id = measure(args.results_dir, args.rerun, args.suite, from_rows=args.from_rows)
     except ValueError as e:
         parser.error(str(e))
     block = render(rows, 640, run_id)

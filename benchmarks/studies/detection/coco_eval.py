@@ -313,9 +313,9 @@ def calibrate_proxy_levels(
     gt: str | os.PathLike | dict | COCO, levels: Mapping[str, tuple[float, float]] = DEFAULT_LEVELS
 ) -> dict[str, tuple[float, float]]:
     """The occlusion levels on the box proxy's scale (``1 - occlusion_proxy``), set on ``gt`` (train):
-    cut so that each level holds the share of objects that the true visible fraction puts there
-    (quantile matching, levels in order of their lower bound; tied proxy values stay on one side of
-    a cut, the side closer to the truth's count; the top level keeps its upper bound 1).
+    the cuts, among the midpoints between the proxy's distinct values (at most 41 candidates, at its
+    quantiles), whose levels agree best with the true ones by Cohen's kappa (scikit-learn's
+    ``cohen_kappa_score``), levels in order of their lower bound; the top level keeps its upper bound.
 
     >>> gt = {"images": [{"id": 1}], "categories": [{"id": 1}], "annotations": [
     ...     {"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0,
@@ -324,25 +324,27 @@ def calibrate_proxy_levels(
     >>> {k: tuple(round(x, 3) for x in v) for k, v in calibrate_proxy_levels(gt).items()}
     {'none': (0.6, 1.0), 'partial': (0.25, 0.6), 'heavy': (0.0, 0.25)}
     """
+    import itertools
+
+    from sklearn.metrics import cohen_kappa_score
+
     anns = (gt if isinstance(gt, COCO) else load_gt(gt)).dataset["annotations"]
     if not anns or "visible_fraction" not in anns[0]:
         raise ValueError("calibrating the box proxy needs ground truth with a visible_fraction per object")
-    truth = [level_of(a["visible_fraction"], levels) for a in anns]
-    proxy = np.sort(np.array([1.0 - a["occlusion_proxy"] for a in anns]))
-    u = np.unique(proxy)
-    # cut candidates: below every value, between neighbouring distinct values, above every value (ties
-    # never split: a level is [lo, hi), so a tied value goes wholly to one side)
-    cuts = np.concatenate([[u[0]], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]])
-    below = np.searchsorted(proxy, cuts, side="left")
     order = sorted(levels, key=lambda k: levels[k][0])
-    out, lo, seen = {}, 0.0, 0
-    for k in order[:-1]:
-        seen += truth.count(k)
-        i = int(np.argmin(np.abs(below - seen)))  # the cut that leaves closest to the truth's count below
-        hi = max(float(cuts[i]), lo)
-        out[k] = (lo, hi)
-        lo = hi
-    out[order[-1]] = (lo, levels[order[-1]][1])
+    truth = [level_of(a["visible_fraction"], levels) for a in anns]
+    proxy = np.array([1.0 - a["occlusion_proxy"] for a in anns])
+    u = np.unique(proxy)
+    mids = (u[:-1] + u[1:]) / 2 if len(u) > 1 else u
+    cands = np.unique(np.quantile(mids, np.linspace(0, 1, 41), method="nearest"))
+    best, best_cuts = -np.inf, None
+    for cuts in itertools.combinations(cands, len(order) - 1):
+        pred = [order[i] for i in np.searchsorted(np.asarray(cuts), proxy, side="right")]
+        k = cohen_kappa_score(truth, pred, labels=order)
+        if k > best:  # the first best in candidate order: deterministic
+            best, best_cuts = k, cuts
+    bounds = [0.0, *map(float, best_cuts), levels[order[-1]][1]]
+    out = {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(order)}
     return {k: out[k] for k in levels}
 
 
