@@ -200,7 +200,6 @@ def test_the_proxy_levels_are_set_on_train_and_its_agreement_reported_on_val(tmp
         assert best >= kappa({"none": (c2, 1.0), "partial": (c1, c2), "heavy": (0.0, c1)}) - 0.02
     val = json.loads((root / "annotations/val.json").read_text())
     agree = proxy_agreement(val, DEFAULT_LEVELS, cal)
-    from sklearn.metrics import cohen_kappa_score
 
     t = [level_of(a["visible_fraction"]) for a in val["annotations"]]
     q = [level_of(1 - a["occlusion_proxy"], cal) for a in val["annotations"]]

@@ -1,8 +1,9 @@
 """The detection study: YOLO11 with C2PSA's softmax attention against TSSA and no attention, trained
-from scratch under fixed seeds, evaluated by AP overall, by object size and by occlusion level.
+from scratch or fine-tuned from a no-attention trunk (``warm_start``) under fixed seeds, evaluated
+by AP overall, by object size and by occlusion level.
 
 - :mod:`.section`: the suite's ``detection:`` section (schema, metrics, arms, cells)
-- :mod:`.cells`: the plan (one cell per arm and seed) and the executor of one cell
+- :mod:`.cells`: the plan (the warm start's trunks, one cell per arm and seed, latency cells) and the executors
 - :mod:`.train`: one cell trained and evaluated (Ultralytics' own ``train`` and ``val``)
 - :mod:`.coco_eval`: pycocotools on Ultralytics' ``predictions.json``, by size and occlusion level
 - :mod:`.data`: the generated scenes (embedded default) and real data YAMLs (COCO, VOC, ...)
