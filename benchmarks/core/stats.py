@@ -69,7 +69,6 @@ __all__ = [
     "long_rows",
     "mde",
     "tost",
-    "verdict_sentence",
     "VERDICTS",
     "NOT_TESTABLE_FLOOR",
 ]
@@ -483,22 +482,3 @@ def difference_cells(diffs: pd.DataFrame, arm: str, metrics: Iterable[str], digi
         ph = f", p={r['p_holm']:.2g}" if "p_holm" in r and r["p_holm"] == r["p_holm"] else ""
         cells.append(f"{r['mean_diff']:+.{d}f} {interval_text(r['ci_low'], r['ci_high'], d)}{ph}")
     return cells
-
-
-def verdict_sentence(r: Mapping, scale: float = 100.0, unit: str = "points") -> str:
-    """A verdict row of :func:`verdicts` as one sentence: the verdict and what the comparison could
-    have detected, in ``unit`` (values times ``scale``: AP 0.012 is 1.2 AP points).
-
-    >>> verdict_sentence({"verdict": "inconclusive", "mde": 0.0123, "n": 5, "rope": 0.01}, unit="AP points")
-    'inconclusive: an effect under 1.2 AP points would go undetected at 5 seeds'
-    """
-    v, n = r["verdict"], int(r["n"])
-    e = r.get("mde", math.nan)
-    could = f"{e * scale:.2g} {unit}" if e == e else "n/a"
-    if v == "inconclusive":
-        return f"inconclusive: an effect under {could} would go undetected at {n} seeds"
-    if v == "equivalent":
-        return f"equivalent: the 90% interval lies within ±{r['rope'] * scale:.2g} {unit} (MDE {could}, {n} seeds)"
-    if v == NOT_TESTABLE_FLOOR:
-        return f"{v}: both arms average under the floor on this metric"
-    return f"{v} (MDE {could}, {n} seeds)"

@@ -28,18 +28,12 @@ def controls(sec) -> list[str]:
     return [noattn] if noattn in sec.arms and noattn != sec.reference else []
 
 
-def arm_rows(df):
-    """The arms' rows: a warm start's trunk cells (``role`` ``"trunk"``) have rows of their own."""
-    if "role" in getattr(df, "columns", ()):
-        return df[df["role"].fillna("") != "trunk"]
-    return df
-
-
-def trunk_rows(df):
-    """The warm start's trunk rows (empty without a warm start)."""
-    if "role" in getattr(df, "columns", ()):
-        return df[df["role"].fillna("") == "trunk"]
-    return df.iloc[0:0]
+def split_trunk(df):
+    """``(arm rows, trunk rows)``: a warm start's trunk cells (``role`` ``"trunk"``) have rows of their own."""
+    if "role" not in getattr(df, "columns", ()):
+        return df, df.iloc[0:0]
+    trunk = df["role"].fillna("") == "trunk"
+    return df[~trunk], df[trunk]
 
 
 def summary(df, section: dict[str, Any]) -> dict[str, Any]:
@@ -51,10 +45,11 @@ def summary(df, section: dict[str, Any]) -> dict[str, Any]:
     """
     sec = parse_detection(section)
     hib = {k: bool(m.higher_is_better) for k, m in _metrics.METRICS.items() if m.higher_is_better is not None}
-    out = stats.summarise(stats.long_rows(arm_rows(df), KIND), sec.reference, family=sec.holm_family,
+    arms, trunk = split_trunk(df)
+    out = stats.summarise(stats.long_rows(arms, KIND), sec.reference, family=sec.holm_family,
                           claims=[c.model_dump() for c in sec.claims], rope=sec.rope, alpha=sec.alpha,
                           higher_is_better=hib, floor=sec.floor, controls=controls(sec))  # fmt: skip
-    out["trunk"] = stats.describe(stats.long_rows(trunk_rows(df), KIND))
+    out["trunk"] = stats.describe(stats.long_rows(trunk, KIND))
     out["warm_start"] = sec.warm_start.model_dump() if sec.warm_start is not None else None
     return out
 
