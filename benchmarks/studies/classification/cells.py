@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from benchmarks.core import impl as _impl
 from benchmarks.core.cells import Cell
 from benchmarks.core.runner import Context, Group, Outcome, reason
 
@@ -26,8 +27,19 @@ def section_of(suite: dict[str, Any]):
     return parse_classification(suite["classification"])
 
 
+def _arm_impls(task, arm: str) -> frozenset[str]:
+    """The ``impl`` of each TSSA layer of the arm's model (built on the meta device as the task builds it)."""
+    import torch
+
+    from benchmarks.studies.classification.train import _create_model
+
+    with torch.device("meta"):
+        return _impl.impls_of(_create_model(arm, task, num_classes=2))
+
+
 def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) -> list[Group]:
-    """One group (one cell) per (task, arm, seed), seed-major within a task (every arm of seed 0 first)."""
+    """One group (one cell) per (task, arm, seed), seed-major within a task (every arm of seed 0 first);
+    a cell of an arm with TSSA names the core ``auto`` resolves to (``tssa_core``)."""
     from benchmarks.studies.classification.train import expand_cells
 
     sec = section_of(suite)
@@ -35,9 +47,15 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
     flat = expand_cells(sec, device=device, threads=int(suite.get("threads", 1)))
     flat.sort(key=lambda c: (list(sec.tasks).index(c["task"]), sec.seeds.index(c["seed"])))  # stable
     train, timing = [], []
+    cores = {
+        (t, a): _impl.core_param(_arm_impls(task, a), device)
+        for t, task in sec.tasks.items()
+        for a in task.arms
+    }
     for i, p in enumerate(flat):
         ident = {"variant": p["variant"], "pass": "train", "seed": p["seed"], "image_size": p["data.image_size"],
                  "task": p["task"], "epochs": p["train.epochs"], "batch": p["train.batch_size"], "device": device}  # fmt: skip
+        ident.update(cores[p["task"], p["variant"]])  # the core TSSA runs on is part of the cell's identity
         # the training cell's numbers do not depend on how throughput is timed: measure.* is the timing cell's
         cell = Cell.make(
             KIND, ident, {k: v for k, v in p.items() if k != "kind" and not k.startswith("measure.")}

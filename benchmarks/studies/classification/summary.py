@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmarks.core import metrics as _metrics
 from benchmarks.core import paper, stats
+from benchmarks.core.impl import cores_line
 from benchmarks.report.render import markdown_table
 from benchmarks.studies.classification.train import parse_classification
 
@@ -38,7 +39,7 @@ def summary(df, section: dict[str, Any]) -> dict[str, dict[str, Any]]:
         claims = [{"name": f"{a} matches {reference} on top-1", "arm": a, "metric": "top1"}
                   for a in task.arms if a != reference and a in set(long["arm"])]  # fmt: skip
         s = stats.summarise(long, reference, family=["top1"], claims=claims, rope=sec.rope, alpha=sec.alpha)
-        out[name] = {**s, "arms": list(task.arms)}
+        out[name] = {**s, "arms": list(task.arms), "cores": cores_line(ok)}
     return out
 
 
@@ -93,6 +94,8 @@ def summary_markdown(s: dict[str, dict[str, Any]], title: str) -> str:
             rows.append([a, *stats.mean_sd_cells(desc, a, mets, _fmt), ci])
         heads = [*((_metrics.get(m).label, "right") for m in mets), ("top-1 95% t interval", "right")]
         lines += [f"**{title}, task {task}**", "", markdown_table("arm", heads, rows)]
+        if t.get("cores"):
+            lines += ["", t["cores"]]
         if not diffs.empty:
             dm = [m for m in DIFF_METRICS if m in set(diffs["metric"])]
             rows = [[a, *stats.difference_cells(diffs, a, dm, lambda m: _metrics.get(m).precision)]

@@ -10,6 +10,7 @@ attention start equal elsewhere.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.core import impl as _impl
 from benchmarks.core.cells import Cell
 from benchmarks.core.flops import count_macs_fvcore, count_reference_flops
 from benchmarks.core.measure import MIB, count_call, profiler_peak_bytes, time_interleaved, torch_threads
@@ -40,6 +42,13 @@ def build_model(family: str, variant: str, image_size: int) -> torch.nn.Module:
 
         return timm.create_model(variant, img_size=image_size, pretrained=False)
     raise ValueError(f"unknown model family {family!r}; use 'yolo' or 'timm'")
+
+
+@functools.cache
+def _model_impls(family: str, variant: str) -> frozenset[str]:
+    from benchmarks.core.impl import impls_of
+
+    return impls_of(build_model(family, variant, 224))
 
 
 def check_model(family: str, variant: str) -> None:
@@ -262,6 +271,7 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                             "threads": suite["threads"],
                             "seed": suite["seed"],
                             "image_size": s,
+                            **_impl.core_param(_model_impls(fam, v), suite["device"]),
                         },
                         settings,
                     )  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.core import impl as _impl
 from benchmarks.core.cells import Cell
 from benchmarks.core.flops import analytic_counts, count_macs_fvcore
 from benchmarks.core.measure import MIB, count_call, profiler_peak_bytes, time_interleaved, torch_threads
@@ -335,6 +336,8 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
         "timeout_s": suite["timeout_s"],
         "seed": suite["seed"],
     }
+    # the TSSA layer through ``auto`` names the core it resolves to (part of the cell's identity)
+    cores = {"layer:tssa": _impl.core_param(frozenset({"auto"}), device, op["dtype"])}
     groups = []
     for threads in op["threads"] or [suite["threads"]]:
         for pass_ in op["passes"]:
@@ -353,6 +356,7 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                             "heads": op["heads"],
                             "threads": threads,
                             "tokens": n,
+                            **cores.get(v, {}),
                         },  # fmt: skip
                         settings,
                     )

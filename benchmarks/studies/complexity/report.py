@@ -63,8 +63,18 @@ def yolo_models(df: pd.DataFrame) -> Table | None:
 
 
 SELECTED_N = (1024, 4096, 16384)
-CORE_TSSA = "tssa:stream"  # what tssa's dispatch picks on CPU
 LAYER_TSSA = "layer:tssa"
+CORE_BEFORE_COLUMN = "tssa:stream"  # what `auto` ran on CPU in runs that predate the tssa_core column
+
+
+def core_variant(ops: pd.DataFrame) -> str:
+    """The core variant (``tssa:<impl>``) that the TSSA layer's ``auto`` resolved to in these rows (their
+    ``tssa_core`` column, the latest run's), else :data:`CORE_BEFORE_COLUMN` for runs without it."""
+    if not ops.empty and "tssa_core" in ops:
+        cores = ops.loc[(ops["variant"] == LAYER_TSSA) & ops["tssa_core"].notna(), "tssa_core"]
+        if not cores.empty:
+            return f"tssa:{cores.iloc[-1]}"
+    return CORE_BEFORE_COLUMN
 
 
 def operator_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +271,7 @@ def _slope_claims(ops: pd.DataFrame, fit_min_tokens: int) -> list[dict]:
     out = []
     specs = (("time", "latency_ms", "fwd"), ("memory", "peak_mib", "fwd+bwd"))
     for q, metric, p in specs:
-        for variant, level in ((CORE_TSSA, "core"), (LAYER_TSSA, "layer")):
+        for variant, level in ((core_variant(ops), "core"), (LAYER_TSSA, "layer")):
             claim = f"Linear {q} in N ({level})"
             src = "paper, Table 1; public forks"
             g = (
@@ -302,10 +312,11 @@ def _speed_16k(ops: pd.DataFrame) -> dict:
             return float(s["value"].iloc[-1]) if not s.empty else None
 
         ref = "softmax" if val("softmax", "fwd", "latency_ms") else "sdpa"
-        t1, t0 = val(CORE_TSSA, "fwd", "latency_ms"), val(ref, "fwd", "latency_ms")
-        m1, m0 = val(CORE_TSSA, "fwd", "peak_mib"), val(ref, "fwd", "peak_mib")
+        core = core_variant(ops)
+        t1, t0 = val(core, "fwd", "latency_ms"), val(ref, "fwd", "latency_ms")
+        m1, m0 = val(core, "fwd", "peak_mib"), val(ref, "fwd", "peak_mib")
         if t1 and t0:
-            ctx = f"context only, CPU core at N = 16384: {CORE_TSSA} {t1:.1f} ms vs {ref} {t0:.1f} ms"
+            ctx = f"context only, CPU core at N = 16384: {core} {t1:.1f} ms vs {ref} {t0:.1f} ms"
             if m1 and m0:
                 ctx += f", peak {m1:.0f} MiB vs {m0:.0f} MiB"
     gpu = (

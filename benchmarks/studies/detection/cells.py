@@ -12,15 +12,33 @@ has no value (a stratum without ground truth) becomes a row with an ``error`` sa
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
+from benchmarks.core import impl as _impl
 from benchmarks.core.cells import Cell
 from benchmarks.core.runner import Context, Group, Outcome, reason
 from benchmarks.studies.detection.section import detection_cells, parse_detection, trunk_cells
 
 KIND = "detection"
 _IDENTITY = ("scale", "imgsz", "epochs", "batch")
+
+
+@functools.cache
+def _arm_impls(arm: str) -> frozenset[str]:
+    """The ``impl`` of each TSSA layer of the arm's model, built from its YAML as the trainer builds it."""
+    from tssa.offline import configure_offline
+
+    configure_offline()
+    from ultralytics.nn.tasks import DetectionModel
+
+    import tssa.ultralytics as tu
+    from benchmarks.core.impl import impls_of
+    from benchmarks.studies.detection.section import parse_arm
+
+    variant, scale = parse_arm(arm)
+    return impls_of(DetectionModel(tu.model_yaml(variant, scale), nc=80, verbose=False))
 
 
 def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) -> list[Group]:
@@ -32,7 +50,7 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
     With a ``warm_start``, its trunk cells come first (role ``trunk``: trained and evaluated like any
     cell, their own rows), and every training cell needs its trunk and is fine-tuned from the
     trunk's weights; it names its trunk by the trunk cell's id (part of its identity), never by a
-    path."""
+    path. A cell of an arm with TSSA names the core ``auto`` resolves to (``tssa_core``)."""
     section = parse_detection(suite["detection"])
     trunks = trunk_cells(section)
     params = detection_cells(section)
@@ -43,6 +61,7 @@ def plan(suite_name: str, suite: dict[str, Any], parts: tuple[str, ...] = ()) ->
         settings = {k: p[k] for k in ("data", "train", "eval", "occlusion_levels")}
         ident = {"variant": p["arm"], "pass": "train", "seed": p["seed"], "image_size": p["imgsz"],
                  "scale": p["scale"], "epochs": p["epochs"], "batch": p["batch"], "device": p["train"]["device"]}  # fmt: skip
+        ident.update(_impl.core_param(_arm_impls(p["arm"]), p["train"]["device"]))  # the core TSSA runs on
         trunk = by_seed.get(p.get("trunk_seed"))
         if p.get("role") == "trunk":
             ident["role"] = "trunk"

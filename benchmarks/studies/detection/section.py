@@ -137,6 +137,15 @@ class GeneratedData(Section):
     min_visible: float = Field(0.2, gt=0, le=1)
     distractors: int = Field(6, ge=0)
     clutter: float = Field(1.0, ge=0, le=2)
+    fence_prob: float = Field(0.0, ge=0, le=1)
+
+    @model_serializer(mode="wrap")
+    def _drop_no_fence(self, handler):
+        # without a fence the files are those of the generator before the option: so is the identity
+        out = handler(self)
+        if out.get("fence_prob") == 0.0:
+            out.pop("fence_prob")
+        return out
 
     @model_validator(mode="after")
     def _check(self):

@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.core import metrics as _metrics
 from benchmarks.core import stats
+from benchmarks.core.impl import cores_line
 from benchmarks.report.render import markdown_table
 from benchmarks.studies.detection.section import parse_arm, parse_detection
 
@@ -49,6 +50,7 @@ def summary(df, section: dict[str, Any]) -> dict[str, Any]:
     out = stats.summarise(stats.long_rows(arms, KIND), sec.reference, family=sec.holm_family,
                           claims=[c.model_dump() for c in sec.claims], rope=sec.rope, alpha=sec.alpha,
                           higher_is_better=hib, floor=sec.floor, controls=controls(sec))  # fmt: skip
+    out["cores"] = cores_line(arms[arms["kind"] == KIND] if "kind" in arms else arms)
     out["trunk"] = stats.describe(stats.long_rows(trunk, KIND))
     out["warm_start"] = sec.warm_start.model_dump() if sec.warm_start is not None else None
     return out
@@ -107,6 +109,8 @@ def summary_markdown(s: dict[str, Any], title: str) -> str:
     heads = [(_metrics.get(m).label, "right") for m in mets]
     rows = [[a, *stats.mean_sd_cells(desc, a, mets, _fixed)] for a in arms]
     lines = [f"**{title}**", "", markdown_table("arm", heads, rows)]
+    if s.get("cores"):
+        lines += ["", s["cores"]]
     acc = [m for m in mets if _metrics.get(m).unit == "1"]
     if not diffs.empty:
         rows = [[a, *stats.difference_cells(diffs, a, acc, lambda m: 4)] for a in arms if a != s["reference"]]

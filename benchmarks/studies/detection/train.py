@@ -19,6 +19,7 @@ optimizer step; CPU: :class:`tssa.utils.LiveTensorTracker`, CUDA: ``max_memory_a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -105,6 +106,50 @@ def cache_labels(data_yaml: Path) -> None:
             YOLODataset(img_path=d[split], data=d, task="detect", augment=False)
 
 
+TRAINER_VAL_IMAGES = 8  # the val images the trainer's own validations see
+
+
+def trainer_data(data_yaml: Path) -> Path:
+    """A data YAML for Ultralytics' trainer: the same train split, and for val only the first
+    :data:`TRAINER_VAL_IMAGES` val images (copied with their labels beside ``data_yaml``; made once,
+    under a lock, and renamed into place when complete).
+
+    With ``val=False`` the trainer still validates after the final epoch and again in its
+    ``final_eval``; neither touches the weights (training has ended; ``best.pt`` is the final epoch's
+    weights, the only ones validated), and the study evaluates the full val set itself
+    (``val(save_json=True)``). On the full set those two validations cost as much as the study's own
+    evaluation and change no number the study records."""
+    import yaml
+
+    from benchmarks.core.store import file_lock
+
+    data_yaml = Path(data_yaml)
+    out = data_yaml.parent.with_name(f"{data_yaml.parent.name}-trainer{TRAINER_VAL_IMAGES}")
+    with file_lock(data_yaml.with_name(".trainer-data.lock")):
+        if not (out / "data.yaml").is_file():
+            from tssa.offline import configure_offline
+
+            configure_offline()
+            from ultralytics.data.dataset import YOLODataset
+            from ultralytics.data.utils import check_det_dataset
+
+            d = check_det_dataset(str(data_yaml))
+            val = YOLODataset(img_path=d["val"], data=d, task="detect", augment=False)
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            for sub in ("images/val", "labels/val"):
+                (tmp / sub).mkdir(parents=True)
+            for im, lb in list(zip(val.im_files, val.label_files))[:TRAINER_VAL_IMAGES]:
+                shutil.copy2(im, tmp / "images" / "val" / Path(im).name)
+                if Path(lb).is_file():
+                    shutil.copy2(lb, tmp / "labels" / "val" / Path(lb).name)
+            doc = {"path": str(out), "train": d["train"], "val": "images/val", "names": d["names"]}
+            (tmp / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            tmp.rename(out)
+            cache_labels(out / "data.yaml")
+    return out / "data.yaml"
+
+
 def _latency(model, imgsz: int, device: str, rounds: int, min_run_time: float) -> tuple[float, int]:
     import torch
     from torch.utils.benchmark import Timer
@@ -172,6 +217,12 @@ def transfer_count(weights: str | os.PathLike, cfg: str, nc: int) -> dict[str, f
     mine = DetectionModel(cfg, nc=nc, verbose=False).state_dict()
     return {"transferred": float(len(intersect_dicts(src.float().state_dict(), mine))),
             "transfer_total": float(len(mine))}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def _proxy_levels(train_gt: str, levels: tuple) -> dict[str, tuple[float, float]]:
+    """:func:`calibrate_proxy_levels` once per worker process and data set (its files never change)."""
+    return calibrate_proxy_levels(Path(train_gt), dict(levels))
 
 
 def _epoch_times_from_csv(path: Path) -> list[float]:
@@ -299,7 +350,7 @@ def run_detection_cell(
         model.add_callback(event, fn)
     args = {**TRAIN_DEFAULTS, **tr["overrides"]}
     args.update(
-        data=str(data_yaml),
+        data=str(trainer_data(data_yaml)),  # the trainer's own validations on a few images: see trainer_data
         epochs=params["epochs"],
         imgsz=params["imgsz"],
         batch=params["batch"],
@@ -356,7 +407,7 @@ def run_detection_cell(
         levels = {k: tuple(v) for k, v in params["occlusion_levels"].items()}
         # the box proxy's levels are set on train where train has true visibility (generated data)
         train_gt = gt_json.with_name("train.json")
-        proxy_levels = calibrate_proxy_levels(train_gt, levels) if train_gt.is_file() else None
+        proxy_levels = _proxy_levels(str(train_gt), tuple(levels.items())) if train_gt.is_file() else None
         out: dict[str, float] = {
             k: float(v)
             for k, v in evaluate_detections(

@@ -9,7 +9,10 @@ used); its colour, texture (plain, stripes at any angle, checks, dots, gradient)
 object is drawn log-uniformly from ``[min_frac, max_frac] * imgsz`` (the defaults span 16.7x).
 
 Objects are painted in order, later ones in front; with probability ``overlap_prob`` an object is
-placed over an earlier one so that occlusion is common. Every object records:
+placed over an earlier one so that occlusion is common. With probability ``fence_prob`` an image
+also gets a fence on top (parallel bars, a railing or a grille, over part of the image, covering 45-75%
+of what lies behind it): occlusion that hides most of an object while its outline shows between the
+bars, as a pedestrian behind railings, where an object covered by another keeps only a fragment. Every object records:
 
 - its *amodal* box (the box of all its pixels) and its amodal area (pixels),
 - its *visible* box and area (pixels not hidden by a later object or a distractor drawn on top),
@@ -91,6 +94,7 @@ class ScenesConfig:
     min_visible: float = 0.2
     distractors: int = 6
     clutter: float = 1.0
+    fence_prob: float = 0.0
     version: int | None = None  # None: this generator's (GENERATOR_VERSION)
 
     def __post_init__(self) -> None:
@@ -129,6 +133,8 @@ class ScenesConfig:
             raise ValueError(f"distractors must be >= 0, got {self.distractors}")
         if not 0.0 <= self.clutter <= 2.0:
             raise ValueError(f"clutter must be in [0, 2], got {self.clutter}")
+        if not 0.0 <= self.fence_prob <= 1.0:
+            raise ValueError(f"fence_prob must be in [0, 1], got {self.fence_prob}")
 
 
 def area_thresholds() -> tuple[float, float]:
@@ -228,6 +234,19 @@ def _distractor(rng: np.random.Generator, s: int) -> tuple[int, int, np.ndarray]
     return max(0, y0), max(0, x0), m[ys, xs]
 
 
+def _fence(rng: np.random.Generator, s: int) -> tuple[int, int, np.ndarray]:
+    """A fence over part of the image: (y0, x0, mask) of parallel bars (a railing, a grille) at a random
+    angle, period 5-9 px, the bars covering 45-75% of each period, over a region 0.35-0.7 of the side."""
+    h, w = (int(rng.uniform(0.35, 0.7) * s) for _ in range(2))
+    y0, x0 = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
+    t = rng.uniform(0, np.pi)
+    period, duty = rng.uniform(5, 9), rng.uniform(0.45, 0.75)
+    v = np.arange(h, dtype=np.float32)[:, None]
+    u = np.arange(w, dtype=np.float32)[None, :]
+    phase = ((u * np.cos(t) + v * np.sin(t)) / period + rng.uniform(0, 1)) % 1.0
+    return y0, x0, phase < duty
+
+
 def render_image(rng: np.random.Generator, cfg: ScenesConfig) -> tuple[np.ndarray, list[dict]]:
     """One image (imgsz, imgsz, 3) uint8 and its objects.
 
@@ -284,9 +303,16 @@ def render_image(rng: np.random.Generator, cfg: ScenesConfig) -> tuple[np.ndarra
         ys, xs = np.nonzero(mask)
         box = [x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1]
         objects.append({"cls": cls, "amodal_box": box, "amodal_area": amodal, "visible": amodal})
-    # thin distractors on top hide a little of some objects (drawn only where no object drops below min_visible)
-    for _ in range(int(rng.integers(0, cfg.distractors // 3 + 1))):
-        y0, x0, m = _distractor(rng, s)
+    # thin distractors on top hide a little of some objects, and (with probability fence_prob) a fence
+    # hides much of the objects behind it while their outline shows between the bars (each drawn only
+    # where no object drops below min_visible; a fence gets up to 4 tries)
+    n_top = int(rng.integers(0, cfg.distractors // 3 + 1))
+    n_fence = 4 if cfg.fence_prob > 0 and rng.uniform() < cfg.fence_prob else 0
+    for i in range(n_top + n_fence):
+        if i < n_top:
+            y0, x0, m = _distractor(rng, s)
+        else:
+            y0, x0, m = _fence(rng, s)
         h, w = m.shape
         window = owner[y0 : y0 + h, x0 : x0 + w]
         hidden = np.bincount(window[m], minlength=len(objects) + 1)[1:]
@@ -295,6 +321,8 @@ def render_image(rng: np.random.Generator, cfg: ScenesConfig) -> tuple[np.ndarra
             window[m] = 0
             for j in range(len(objects)):
                 objects[j]["visible"] -= int(hidden[j])
+            if i >= n_top:  # one fence at most
+                break
     out = _annotations(owner, [(o["cls"], o["amodal_box"], o["amodal_area"]) for o in objects])
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), out
 
