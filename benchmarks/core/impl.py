@@ -20,11 +20,16 @@ from __future__ import annotations
 import functools
 import os
 
-__all__ = ["tssa_core", "impls_of", "core_of", "core_param", "cores_line"]
+__all__ = ["torch_device", "tssa_core", "impls_of", "core_of", "core_param", "cores_line"]
 
 
-def _torch_device(device: str) -> str:
-    d = str(device).strip().lower().strip("[]")
+def torch_device(device: str) -> str:
+    """The torch device of an Ultralytics ``device`` string (the first GPU of a DDP list).
+
+    >>> torch_device("cpu"), torch_device("0"), torch_device("2,3"), torch_device("cuda:1")
+    ('cpu', 'cuda:0', 'cuda:2', 'cuda:1')
+    """
+    d = device.strip().lower().strip("[]")
     if d in ("cpu", "mps"):
         return d
     d = d.removeprefix("cuda:").removeprefix("cuda").split(",")[0].strip()
@@ -37,7 +42,7 @@ def tssa_core(device: str = "cpu", dtype: str = "float32") -> str:
     device is not present here."""
     from tssa.ops import ENV_IMPL
 
-    return _resolved(_torch_device(device), dtype, os.environ.get(ENV_IMPL, ""))
+    return _resolved(torch_device(device), dtype, os.environ.get(ENV_IMPL, ""))
 
 
 @functools.cache

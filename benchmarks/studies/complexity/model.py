@@ -46,9 +46,7 @@ def build_model(family: str, variant: str, image_size: int) -> torch.nn.Module:
 
 @functools.cache
 def _model_impls(family: str, variant: str) -> frozenset[str]:
-    from benchmarks.core.impl import impls_of
-
-    return impls_of(build_model(family, variant, 224))
+    return _impl.impls_of(build_model(family, variant, 224))
 
 
 def check_model(family: str, variant: str) -> None:

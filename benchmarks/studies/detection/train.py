@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.impl import torch_device
 from benchmarks.core.runner import POOL_THREADS_ENV
 from benchmarks.studies.detection.coco_eval import (
     calibrate_proxy_levels,
@@ -191,19 +192,6 @@ def measure_latency(weights: Path, params: dict[str, Any]) -> dict[str, float]:
         fused, params["imgsz"], next(fused.parameters()).device.type, lat["rounds"], lat["min_run_time"]
     )
     return {"latency_ms": ms, "latency_samples": float(n)}
-
-
-def torch_device(device: str) -> str:
-    """The torch device of an Ultralytics ``device`` string (the first GPU of a DDP list).
-
-    >>> torch_device("cpu"), torch_device("0"), torch_device("2,3"), torch_device("cuda:1")
-    ('cpu', 'cuda:0', 'cuda:2', 'cuda:1')
-    """
-    d = device.strip().lower().strip("[]")
-    if d in ("cpu", "mps"):
-        return d
-    d = d.removeprefix("cuda:").removeprefix("cuda").split(",")[0].strip()
-    return f"cuda:{d or 0}"
 
 
 def transfer_count(weights: str | os.PathLike, cfg: str, nc: int) -> dict[str, float]:
