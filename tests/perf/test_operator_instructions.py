@@ -7,8 +7,10 @@ tolerances). ``_callgrind_child.py`` runs under ``valgrind --tool=callgrind`` wi
 each (the Python around the calls included); this check compares the counts with
 ``tests/perf/expected.json``.
 
-Counts depend on the code path, so the expectation is keyed by torch version, Python version and
-the CPU capability ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``); on a machine
+Counts depend on the code path, so the expectation is keyed by torch version, Python version, the
+CPU capability ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``), the CPU vendor
+(BLAS and oneDNN choose kernels per vendor) and the core ``auto`` resolves to (``fused`` where the
+C++ core builds, else ``stream``: the FLOP and byte expectations are keyed by core too); on a machine
 with no committed key the check skips before it starts valgrind, and its skip reason (shown by
 ``-ra``) and a line of the terminal summary (``tests/perf/conftest.py``) name the missing key and
 the command that records it (``RECORD_COMMAND``). Refresh on purpose after an intended change of
@@ -48,9 +50,24 @@ TOLERANCE = 0.01  # relative; clean runs here differ by <= 0.07 %, the smallest 
 RECORD_COMMAND = f"{REFRESH_ENV}=1 tox -e perf -- -k instructions"  # then review the diff of expected.json
 
 
+def _vendor() -> str:
+    """The CPU vendor (``GenuineIntel``, ``AuthenticAMD``, ...): BLAS and oneDNN pick other kernels per vendor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _key() -> str:
+    from tssa.ops import resolve_impl
+
     py = ".".join(platform.python_version_tuple()[:2])
-    return f"torch {torch.__version__}, python {py}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    core = resolve_impl("auto", torch.zeros(1, 8, 64, 48))  # what the child's tssa(...) runs
+    return (f"torch {torch.__version__}, python {py}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}, "
+            f"{_vendor()}, core {core}")  # fmt: skip
 
 
 def missing_key_reason(key: str) -> str:
