@@ -325,3 +325,34 @@ def test_yolo_table_reproduced_means_the_counted_gflops_match():
     assert verdict({**tssa, "gflops_ultralytics": 7.0}, 2.61, (6.6, 6.6)).endswith(
         "not reproduced (counted 6.5 vs 6.6; Ultralytics' estimate 7.0 does not match)"
     )
+
+
+def test_runs_of_two_machines_are_never_pooled(tmp_path):
+    """The published cpu run copied as a later run of another machine (the committed rows plus a user's
+    own run): the report reads the newer run alone, with the same numbers, instead of pairing seeds of
+    both (which found two values per arm and seed and stopped the report)."""
+    import json
+    import shutil
+
+    src = ROOT / "results" / "cpu" / "20261129T015234Z-c942d8-d92efb40"
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    dst = tmp_path / "results" / "cpu"
+    other = dst / "20261202T000000Z-0ther0-d92efb40"
+    shutil.copytree(src, other)
+    rec = json.loads((other / "run.json").read_text())
+    mid = rec["machine"]["id"]
+    rec["machine"]["id"] = "0ther0machine"
+    (other / "run.json").write_text(json.dumps(rec))
+    one = build(ROOT / "results", tmp_path / "one", pdf=False, log=lambda s: None)
+    two = build(tmp_path / "results", tmp_path / "two", pdf=False, log=lambda s: None)  # pooled: ValueError
+    cols = ["claim", "measured", "interval", "verdict"]
+    assert one.ledger[cols].equals(two.ledger[cols])  # every verdict and interval as from the one run
+    for name in ("detection_size", "detection_occlusion", "detection_diffs", "tost_controls"):
+        a = (tmp_path / "one" / "tables" / f"{name}.tex").read_text()
+        b = (tmp_path / "two" / "tables" / f"{name}.tex").read_text()
+        assert a == b.replace("0ther0machine", mid), name  # one run's numbers, not two runs' pooled
+    from benchmarks.report import ReportContext
+
+    ctx = ReportContext(str(tmp_path / "results"), tmp_path / "two")
+    assert [r.id for r in ctx.latest("cpu", "detection")] == [other.name]  # the newer of the two
+    assert len(ctx.runs("cpu", "detection")) == 2

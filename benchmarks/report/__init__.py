@@ -69,11 +69,17 @@ class ReportContext:
 
         return select_runs(self.results_dir, suite, None, "all", kind=kind)
 
-    def rows(self, suite: str | None, kind: str) -> pd.DataFrame:
-        """The rows of ``kind`` of :meth:`runs` (an empty frame when there are none)."""
+    def latest(self, suite: str | None, kind: str | None) -> list:
+        """The newest of :meth:`runs` (run ids begin with their start time) as a one-element list, or
+        ``[]``: a study whose tables pair seeds reads one run, never the runs of several machines pooled."""
+        return sorted(self.runs(suite, kind), key=lambda r: r.id)[-1:]
+
+    def rows(self, suite: str | None, kind: str, latest: bool = False) -> pd.DataFrame:
+        """The rows of ``kind`` of :meth:`runs` (of :meth:`latest` with ``latest``; an empty frame when
+        there are none)."""
         from benchmarks.core.store import load_rows
 
-        df = load_rows(self.runs(suite, kind))
+        df = load_rows(self.latest(suite, kind) if latest else self.runs(suite, kind))
         if df.empty or "kind" not in df:
             return df
         return df[df["kind"] == kind].reset_index(drop=True)

@@ -102,7 +102,7 @@ def _classification_claim(cls: pd.DataFrame) -> list[dict]:
 
 def report(ctx) -> list[ReportPart]:
     """The ToST-versus-controls table and claim from the latest complete run (any suite) with classification rows."""
-    cls = ctx.rows(None, KIND)
+    cls = ctx.rows(None, KIND, latest=True)
     t, miss = tost_controls(cls)
     part = ReportPart(order=3, ledger_order=3, tables=[t], rows=cls, claims=_classification_claim(cls))
     if miss:

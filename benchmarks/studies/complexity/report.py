@@ -388,8 +388,8 @@ def _fork_counts(yolo: pd.DataFrame) -> list[dict]:
 def report(ctx) -> list[ReportPart]:
     """Three parts: the missing gpu run (first of the missing lines), the yolo-table counts (after the
     detection study's tables) and the operator sweep of the cpu suite (last tables, first claims)."""
-    cx = ctx.rows("cpu", KIND)
-    yolo = ctx.rows("yolo-table", KIND)
+    cx = ctx.rows("cpu", KIND, latest=True)  # one run: times of two machines are never pooled
+    yolo = ctx.rows("yolo-table", KIND, latest=True)
     gpu = ReportPart(order=0, ledger_order=0)
     if not ctx.runs("gpu", None):
         gpu.missing.append("gpu: no complete run of the gpu suite under results/ (no GPU rows); GPU claims are "

@@ -229,13 +229,13 @@ def _detection_claims(summary: dict | None) -> list[dict]:
 
 def report(ctx) -> list[ReportPart]:
     """The tables, figures and claims of the latest complete cpu run that holds detection rows."""
-    det = ctx.rows(SUITE, KIND)
+    det = ctx.rows(SUITE, KIND, latest=True)
     part = ReportPart(order=1, ledger_order=2, rows=det)
     s = None
     if det.empty:
         part.missing.append("detection: no rows of kind 'detection' in the cpu suite's runs")
     else:
-        section = ctx.runs(SUITE, KIND)[-1].record["config"]["detection"]
+        section = ctx.latest(SUITE, KIND)[0].record["config"]["detection"]
         ref = section.get("reference", "yolo11n")
         tables = [detection_accuracy(det, ref, "size"), detection_accuracy(det, ref, "occlusion")]
         t, s = detection_diffs(det, section)
