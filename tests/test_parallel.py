@@ -80,10 +80,24 @@ def test_blocked_waits_for_pending_needs_and_fails_on_failed_or_missing_ones():
 def test_next_groups_fills_the_pool_and_runs_exclusive_groups_alone():
     g = [Group([], None), Group([], None), Group([], None, exclusive=True), Group([], None)]
     assert next_groups([0, 1, 2, 3], g, {}, set(), [], jobs=2) == ([0, 1], None, {})
-    # one worker busy: one more non-exclusive group; the exclusive one waits for the pool to drain
-    assert next_groups([2, 3], g, {}, set(), [1], jobs=2) == ([3], None, {})
-    assert next_groups([2], g, {}, set(), [3], jobs=2) == ([], None, {})
-    assert next_groups([2], g, {}, set(), [], jobs=2) == ([], 2, {})
+    # one worker busy: the exclusive group is ready, so the pool drains for it and group 3, planned
+    # after it, waits (it would otherwise keep the pool busy and push the timing cell to the end)
+    assert next_groups([2, 3], g, {}, set(), [1], jobs=2) == ([], None, {})
+    assert next_groups([2, 3], g, {}, set(), [], jobs=2) == ([], 2, {})
+    assert next_groups([3], g, {}, set(), [], jobs=2) == ([3], None, {})
+
+
+def test_a_waiting_exclusive_group_holds_back_only_what_is_planned_after_it():
+    # 0 and 1: training cells; 2: the timing cell that needs 0; 3: a later study's cell
+    g = [Group([], None), Group([], None), Group([], None, exclusive=True, needs=("a",)), Group([], None)]
+    pending = {"a": _st("started", "")}
+    # 2's training cell is still running: 2 is not ready, so it holds nothing back
+    assert next_groups([1, 2, 3], g, pending, {"a"}, [0], jobs=2) == ([1], None, {})
+    done = {"a": _st("finished", "")}
+    # 2 is ready: 1 (planned before it) still fills the pool, 3 (after it) waits
+    assert next_groups([1, 2, 3], g, done, {"a"}, [], jobs=2) == ([1], None, {})
+    assert next_groups([2, 3], g, done, {"a"}, [1], jobs=2) == ([], None, {})
+    assert next_groups([2, 3], g, done, {"a"}, [], jobs=2) == ([], 2, {})
 
 
 # ------------------------------------------------------------------------------------------ the CLI

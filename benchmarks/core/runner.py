@@ -20,7 +20,8 @@ cells it ``needs`` (finished before it starts). The runner owns the bookkeeping:
   group with the exception's first line and the run goes on;
 - with ``jobs > 1``, executes the groups in that many worker processes of a
   ``concurrent.futures.ProcessPoolExecutor`` (spawn), each pinned to the cells' thread count;
-  exclusive groups run in this process while no worker is busy (:func:`next_groups` decides);
+  exclusive groups run in this process while no worker is busy, and a ready one holds back the
+  groups planned after it (:func:`next_groups` decides);
 - marks the run complete when every cell has ended.
 
 >>> import tempfile
@@ -276,13 +277,18 @@ def next_groups(waiting: list[int], groups: list[Group], status, planned: set[st
     ``waiting``: indices of groups not yet started; ``running``: indices executing in the pool. A
     group whose needs failed fails; one whose needs are pending waits. Non-exclusive groups fill
     the pool up to ``jobs``; an exclusive group starts only when nothing runs (and then alone), so
-    a measurement of time never overlaps another cell.
+    a measurement of time never overlaps another cell. An exclusive group that is ready holds back
+    every group planned after it while the pool drains: a study's timing cells run once its own
+    training cells are done, not after every later study's (whose cells would otherwise keep the
+    pool busy), so each study ends, and its wall time is its own, before the next one starts.
 
     >>> g = [Group([], None, exclusive=True), Group([], None), Group([], None), Group([], None, needs=("x",))]
     >>> next_groups([0, 1, 2, 3], g, {}, {"x"}, [], jobs=2)
     ([], 0, {})
     >>> next_groups([1, 2, 3], g, {}, {"x"}, [], jobs=2)
     ([1, 2], None, {})
+    >>> next_groups([0, 1, 2], g, {}, {"x"}, [3], jobs=2)  # 0 is ready: 1 and 2 wait behind it
+    ([], None, {})
     >>> next_groups([3], g, {}, set(), [], jobs=2)
     ([], None, {3: "needs cell x, which is not in this run's plan"})
     """
@@ -298,7 +304,7 @@ def next_groups(waiting: list[int], groups: list[Group], status, planned: set[st
         if groups[i].exclusive:
             if busy == 0 and not pool:
                 return pool, i, fails
-            continue
+            break  # the pool drains for it; nothing planned after it starts meanwhile
         if busy + len(pool) < jobs:
             pool.append(i)
     return pool, None, fails
