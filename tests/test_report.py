@@ -334,10 +334,13 @@ def test_runs_of_two_machines_are_never_pooled(tmp_path):
     import json
     import shutil
 
-    src = ROOT / "results" / "cpu" / "20261129T015234Z-c942d8-d92efb40"
+    from benchmarks.report import ReportContext
+
+    published = ReportContext(str(ROOT / "results"), tmp_path / "x")
+    src = published.latest("cpu", "detection")[0].path  # the newest published detection run
     shutil.copytree(ROOT / "results", tmp_path / "results")
     dst = tmp_path / "results" / "cpu"
-    other = dst / "20261202T000000Z-0ther0-d92efb40"
+    other = dst / ("29991231T000000Z-0ther0-" + src.name.rsplit("-", 1)[-1])  # newer than every run
     shutil.copytree(src, other)
     rec = json.loads((other / "run.json").read_text())
     mid = rec["machine"]["id"]
@@ -351,8 +354,6 @@ def test_runs_of_two_machines_are_never_pooled(tmp_path):
         a = (tmp_path / "one" / "tables" / f"{name}.tex").read_text()
         b = (tmp_path / "two" / "tables" / f"{name}.tex").read_text()
         assert a == b.replace("0ther0machine", mid), name  # one run's numbers, not two runs' pooled
-    from benchmarks.report import ReportContext
-
     ctx = ReportContext(str(tmp_path / "results"), tmp_path / "two")
-    assert [r.id for r in ctx.latest("cpu", "detection")] == [other.name]  # the newer of the two
-    assert len(ctx.runs("cpu", "detection")) == 2
+    assert [r.id for r in ctx.latest("cpu", "detection")] == [other.name]  # the newest run
+    assert len(ctx.runs("cpu", "detection")) == len(published.runs("cpu", "detection")) + 1
