@@ -17,14 +17,17 @@ if not _OK:
 
 _STEP = chunk_tokens(8 * 48, 100_000)  # tokens per chunk at H * D = 384 (170), long sequences
 
-# (B, H, N, D): one token; three tokens; N = 197 with D = 60 and D = 1; H = 1; a multiple of the
-# chunk plus and minus one (4 full chunks with a ragged last one, and 5 with a one-token last one)
+# (B, H, N, D): one token; three tokens; N = 197 with D = 60 and D = 1 (the runtime head size) and
+# with D = 16, 32, 64 (compile-time ones, as 48); H = 1; a multiple of the chunk plus and minus one (4 full chunks with a ragged last one, and 5 with a one-token last one)
 SHAPES = [
     (1, 1, 1, 1),
     (2, 4, 3, 48),
     (1, 8, 197, 48),
     (2, 4, 197, 60),
     (2, 8, 197, 1),
+    (2, 4, 197, 16),  # the head sizes compiled as constants: 16, 32, 48 (above) and 64
+    (1, 6, 197, 32),
+    (1, 2, 197, 64),
     (2, 1, 197, 48),
     (2, 8, 4 * _STEP - 1, 48),
     (1, 8, 4 * _STEP + 1, 48),
@@ -191,3 +194,52 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert fused_mod.cache_dir() == tmp_path / "ext"
     monkeypatch.delenv("TSSA_EXT_CACHE")
     assert fused_mod.cache_dir().parts[-2] == "tssa-ext" and torch.__version__ in fused_mod.cache_dir().name
+
+
+def _outputs_of_every_path():
+    """fwd and bwd outputs of the raw ops, float32 and float64, for every shape class of SHAPES with
+    a bias (the statistics, Pi, dW, dtau and dbias included)."""
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        for shape in SHAPES:
+            w, tau, pb, grad = _inputs(shape, bias=True)
+            wt = w.transpose(1, 2).contiguous().to(dtype)  # token-major (B, N, H, D)
+            gt = grad.transpose(1, 2).contiguous().to(dtype)
+            tau, pb = tau.to(dtype), pb.to(dtype).contiguous()
+            step = chunk_tokens(shape[1] * shape[3], shape[2])
+            f = torch.ops.tssa_cpu.fwd(wt, tau, pb, step, fused_mod._SQ_EPS, fused_mod.MEMBERSHIP_EPS)
+            b = torch.ops.tssa_cpu.bwd(gt, wt, tau, pb, f[1], *f[2:], step, fused_mod._SQ_EPS)
+            out.append([t.clone() for t in (*f, *b)])
+    return out
+
+
+def test_the_avx2_and_baseline_builds_give_the_same_bits(tmp_path):
+    """Built for AVX2 here and, in a child process, for the compiler's default target
+    (``TSSA_EXT_ISA=base``, its own library in its own directory): every output of both kernels is
+    bit-identical (no floating-point contraction in either build, the same operations in the same order)."""
+    import os
+    import subprocess
+    import sys
+
+    if fused_mod.isa() != "avx2":
+        pytest.skip(f"this machine builds the {fused_mod.isa()!r} variant only")
+    mine = _outputs_of_every_path()
+    code = (
+        "import sys, torch\n"
+        "import tests.test_fast_fused as t\n"
+        "from tssa.ops import fused_cpu\n"
+        "assert fused_cpu.isa() == 'base', fused_cpu.isa()\n"
+        "torch.save(t._outputs_of_every_path(), sys.argv[1])\n"
+    )
+    out = tmp_path / "base.pt"
+    env = {**os.environ, "TSSA_EXT_ISA": "base"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code, str(out)], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=900)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    theirs = torch.load(out)
+    assert len(theirs) == len(mine)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and torch.equal(x, y), (i, (x - y).abs().max())

@@ -10,7 +10,8 @@ each (the Python around the calls included); this check compares the counts with
 Counts depend on the code path, so the expectation is keyed by torch version, Python version, the
 CPU capability ATen dispatches to (``torch.backends.cpu.get_cpu_capability()``), the CPU vendor
 (BLAS and oneDNN choose kernels per vendor) and the core ``auto`` resolves to (``fused`` where the
-C++ core builds, else ``stream``: the FLOP and byte expectations are keyed by core too); on a machine
+C++ core builds, with the instruction set it was built for, ``fused/avx2`` or ``fused/base``, else
+``stream``: the FLOP and byte expectations are keyed by core too); on a machine
 with no committed key the check skips before it starts valgrind, and its skip reason (shown by
 ``-ra``) and a line of the terminal summary (``tests/perf/conftest.py``) name the missing key and
 the command that records it (``RECORD_COMMAND``). Refresh on purpose after an intended change of
@@ -66,6 +67,10 @@ def _key() -> str:
 
     py = ".".join(platform.python_version_tuple()[:2])
     core = resolve_impl("auto", torch.zeros(1, 8, 64, 48))  # what the child's tssa(...) runs
+    if core == "fused":  # its build for this CPU (AVX2 or the default target) runs other instructions
+        from tssa.ops.fused_cpu import isa
+
+        core = f"fused/{isa()}"
     return (f"torch {torch.__version__}, python {py}, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}, "
             f"{_vendor()}, core {core}")  # fmt: skip
 

@@ -24,10 +24,17 @@ bit-identical whatever ``torch.get_num_threads()`` is.
 
 Build: :func:`load` compiles the extension once per process with ``torch.utils.cpp_extension.load``
 into ``$TSSA_EXT_CACHE`` or ``~/.cache/tssa-ext/<torch version>-py<python version>`` (``-O3``, plus
-``-fopenmp`` where torch threads with OpenMP; no ``-march=native``), under an
-exclusive ``fcntl.flock`` on ``build.lock`` there (two processes starting at once build once). The
-ops are registered as ``torch.ops.tssa_cpu.fwd`` / ``torch.ops.tssa_cpu.bwd``, so dispatch modes see
-them. :func:`available` says whether that works here, and why not.
+``-fopenmp`` where torch threads with OpenMP), under an exclusive ``fcntl.flock`` on ``build.lock``
+there (two processes starting at once build once). The instruction set follows what torch detects on
+the machine that runs it (:func:`isa`): ``-mavx2 -mfma`` where ``torch.backends.cpu.get_cpu_capability()``
+reports AVX2 or AVX512 (AVX-512 code measured no faster here), the x86-64 baseline elsewhere; each
+variant is a library of its own name (``tssa_cpu_ext_avx2``, ``tssa_cpu_ext_base``) built in a directory of
+its own below the cache (``avx2/``, ``base/``), so a cache shared by machines of different CPUs never loads
+code that one of them cannot run. ``-ffp-contract=off`` in every
+variant: no fused multiply-add contraction, so the vector widths differ but every operation, and its
+rounding, is the same, and the variants give bit-identical results (tested). The ops are registered as
+``torch.ops.tssa_cpu.fwd`` / ``torch.ops.tssa_cpu.bwd``, so dispatch modes see them. :func:`available`
+says whether that works here, and why not.
 
 >>> ok, reason = available()  # builds the extension on first use (a C++ compiler is needed)
 >>> if ok:
@@ -50,9 +57,10 @@ from torch.autograd.function import once_differentiable
 
 from .naive import MEMBERSHIP_EPS, NORM_EPS
 
-__all__ = ["tssa_fused", "available", "load", "chunk_tokens", "cache_dir"]
+__all__ = ["tssa_fused", "available", "load", "chunk_tokens", "cache_dir", "isa"]
 
-EXT_NAME = "tssa_cpu_ext"
+EXT_NAME = "tssa_cpu_ext"  # + "_" + isa()
+ENV_ISA = "TSSA_EXT_ISA"  # "base" forces the x86-64 baseline build
 ENV_CACHE = "TSSA_EXT_CACHE"  # overrides the build directory
 _SOURCE = Path(__file__).with_name("csrc") / "tssa_cpu.cpp"
 _SQ_EPS = NORM_EPS * NORM_EPS  # the norm floor, squared
@@ -78,6 +86,22 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     return Path.home() / ".cache" / "tssa-ext" / f"{torch.__version__}-{py}"
+
+
+_ISA_FLAGS = {"avx2": ["-mavx2", "-mfma"], "base": []}
+
+
+def isa() -> str:
+    """The instruction set the extension is built for here: ``"avx2"`` where torch reports an AVX2 or
+    AVX512 CPU (x86-64), else ``"base"`` (the compiler's default target); ``$TSSA_EXT_ISA=base`` forces
+    the baseline build (results are the same bit for bit, only slower)."""
+    if os.environ.get(ENV_ISA, "").strip().lower() == "base":
+        return "base"
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - an older torch without the query: the portable build
+        return "base"
+    return "avx2" if cap in ("AVX2", "AVX512") else "base"
 
 
 def _missing_tool() -> str | None:
@@ -108,7 +132,8 @@ def _build() -> None:
     from torch.utils.cpp_extension import load as load_extension
 
     root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    build = root / isa()
+    build.mkdir(parents=True, exist_ok=True)
     # at::parallel_for is a header template: with torch's OpenMP backend it only runs threads in code
     # compiled with -fopenmp (libgomp resolves to the copy torch has already loaded)
     omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
@@ -118,11 +143,11 @@ def _build() -> None:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             load_extension(
-                name=EXT_NAME,
+                name=f"{EXT_NAME}_{isa()}",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", *omp],
+                extra_cflags=["-O3", "-ffp-contract=off", *_ISA_FLAGS[isa()], *omp],
                 extra_ldflags=omp,
-                build_directory=str(root),
+                build_directory=str(build),
                 is_python_module=False,  # plain torch.ops library: TORCH_LIBRARY(tssa_cpu, ...)
                 verbose=False,
             )

@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -37,41 +38,47 @@ using at::Tensor;
 constexpr int64_t kBlock = 32;  // tokens summed in the input type before joining a float64 slot
 constexpr int kLanes = 8;       // independent partial sums of a reduction over d
 
-// sum_{i < n} term(i), with kLanes fixed lanes combined pairwise: a deterministic order.
-template <typename T, typename F>
-inline T lane_sum(int64_t n, const F& term) {
+// The per-token kernels below take every pointer as __restrict__ (no two of them overlap) and the head
+// size as a template constant where it is one of the common sizes (KD > 0; KD = 0: the runtime d), so
+// that their loops over d compile to straight vector code without runtime alias checks. They run the
+// same operations in the same order whatever KD and the instruction set are (no FP contraction: the
+// build passes -ffp-contract=off), so results do not depend on either.
+
+// sum_{i < n} a[i] * b[i], with kLanes fixed lanes combined pairwise: a deterministic order.
+template <typename T>
+inline T lane_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
   T lane[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lane[l] += term(i + l);
+    for (int l = 0; l < kLanes; ++l) lane[l] += a[i + l] * b[i + l];
   }
-  for (int l = 0; i < n; ++i, ++l) lane[l] += term(i);
+  for (int l = 0; i < n; ++i, ++l) lane[l] += a[i] * b[i];
   return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
 }
 
-// Runs f(b, k, n0, n1) for every chunk [n0, n1) of every batch element b, in parallel.
+// Runs f(b, k, n0, n1) for every chunk [n0, n1) of every batch element b. With more than one thread,
+// each of at::parallel_for's threads takes the next chunk from a shared counter until none is left
+// (dynamic scheduling: a thread whose core is busy with other work takes fewer chunks instead of
+// holding back a fixed share). Which thread runs a chunk does not change what the chunk computes.
 template <typename F>
 void for_each_chunk(int64_t B, int64_t N, int64_t step, const F& f) {
-  const int64_t K = (N + step - 1) / step;
-  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / K, k = i % K, n0 = k * step;
-      f(b, k, n0, std::min(N, n0 + step));
+  const int64_t K = (N + step - 1) / step, total = B * K;
+  auto run = [&](int64_t i) {
+    const int64_t b = i / K, k = i % K, n0 = k * step;
+    f(b, k, n0, std::min(N, n0 + step));
+  };
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), total);
+  if (threads <= 1 || at::in_parallel_region()) {
+    for (int64_t i = 0; i < total; ++i) run(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < total;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      run(i);
     }
   });
-}
-
-// Per-chunk token sums: `add(n, blk)` adds token n's terms into blk (width values of type T); blocks of
-// kBlock tokens are flushed into the float64 slot, which is zeroed first.
-template <typename T, typename F>
-void chunk_sum(int64_t n0, int64_t n1, int64_t width, double* slot, std::vector<T>& blk, const F& add) {
-  std::fill(slot, slot + width, 0.0);
-  for (int64_t nb = n0; nb < n1; nb += kBlock) {
-    std::fill(blk.begin(), blk.end(), T(0));
-    const int64_t ne = std::min(n1, nb + kBlock);
-    for (int64_t n = nb; n < ne; ++n) add(n, blk.data());
-    for (int64_t c = 0; c < width; ++c) slot[c] += static_cast<double>(blk[c]);
-  }
 }
 
 // out[b, c] = sum_k part[b, k, c], k in chunk order.
@@ -84,6 +91,13 @@ void reduce_slots(const double* part, int64_t B, int64_t K, int64_t width, doubl
       for (int64_t c = 0; c < width; ++c) o[c] += p[c];
     }
   }
+}
+
+// slot[c] += blk[c] in float64, then blk = 0: the end of a block of kBlock tokens.
+template <typename T>
+inline void flush(T* __restrict__ blk, double* __restrict__ slot, int64_t width) {
+  for (int64_t c = 0; c < width; ++c) slot[c] += static_cast<double>(blk[c]);
+  std::fill(blk, blk + width, T(0));
 }
 
 template <typename T>
@@ -120,29 +134,148 @@ void check_like(const char* op, const char* name, const Tensor& t, at::IntArrayR
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Per-token kernels. x: one token's C = H * D values; `bias` is null or the token's column of bias
+// with stride N (bias[h * N]).
+
+// acc += x^2
+template <typename T>
+inline void tok_sq_acc(const T* __restrict__ x, T* __restrict__ acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) acc[c] += x[c] * x[c];
+}
+
+// forward pass 2: sq = x^2; q = sum_d sq r (+ D bias); pi = softmax_h(tau q); acc += pi sq; acc_t += pi
+template <typename T, int KD>
+inline void tok_membership(const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ tau,
+                           const T* __restrict__ bias, int64_t N, int64_t H, int64_t Drt,
+                           T* __restrict__ pi, T* __restrict__ acc, T* __restrict__ acc_t,
+                           T* __restrict__ sq, T* __restrict__ s) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  const T Dt = static_cast<T>(D);
+  for (int64_t c = 0; c < C; ++c) sq[c] = x[c] * x[c];
+  T smax = -std::numeric_limits<T>::infinity();
+  for (int64_t h = 0; h < H; ++h) {
+    T q = lane_dot<T>(sq + h * D, r + h * D, D);
+    if (bias) q += Dt * bias[h * N];
+    s[h] = tau[h] * q;
+    smax = std::max(smax, s[h]);
+  }
+  T den = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    s[h] = std::exp(s[h] - smax);
+    den += s[h];
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    const T p = s[h] / den;
+    pi[h] = p;
+    acc_t[h] += p;
+    T* __restrict__ a = acc + h * D;
+    const T* __restrict__ sqh = sq + h * D;
+    for (int64_t d = 0; d < D; ++d) a[d] += p * sqh[d];
+  }
+}
+
+// forward pass 3: y = pi x (-g)
+template <typename T, int KD>
+inline void tok_output(const T* __restrict__ x, const T* __restrict__ pi, const T* __restrict__ neg_g,
+                       int64_t H, int64_t Drt, T* __restrict__ y) {
+  const int64_t D = KD > 0 ? KD : Drt;
+  for (int64_t h = 0; h < H; ++h) {
+    const T p = pi[h];
+    const T* __restrict__ xh = x + h * D;
+    const T* __restrict__ gh = neg_g + h * D;
+    T* __restrict__ yh = y + h * D;
+    for (int64_t d = 0; d < D; ++d) yh[d] = p * xh[d] * gh[d];
+  }
+}
+
+// backward pass A: gw = G x; dpi1[h] = -sum_d gw g; acc += pi gw
+template <typename T, int KD>
+inline void tok_grad_a(const T* __restrict__ x, const T* __restrict__ gr, const T* __restrict__ g,
+                       const T* __restrict__ pi, int64_t H, int64_t Drt, T* __restrict__ dpi1,
+                       T* __restrict__ acc, T* __restrict__ gw) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  for (int64_t c = 0; c < C; ++c) gw[c] = gr[c] * x[c];
+  for (int64_t h = 0; h < H; ++h) {
+    const T* __restrict__ gwh = gw + h * D;
+    dpi1[h] = -lane_dot<T>(gwh, g + h * D, D);
+    const T p = pi[h];
+    T* __restrict__ a = acc + h * D;
+    for (int64_t d = 0; d < D; ++d) a[d] += p * gwh[d];
+  }
+}
+
+// backward pass B: dp = sum_d da x^2 + dpi1 + dtotal; ds = pi (dp - sum_h pi dp); acc_t += ds q;
+// td = tau ds (written over dpi1 in bn); acc += td x^2
+template <typename T, int KD>
+inline void tok_grad_b(const T* __restrict__ x, const T* __restrict__ pi, const T* __restrict__ r,
+                       const T* __restrict__ da, const T* __restrict__ dtot, const T* __restrict__ tau,
+                       const T* __restrict__ bias, int64_t N, int64_t H, int64_t Drt, T* __restrict__ bn,
+                       T* __restrict__ acc, T* __restrict__ acc_t, T* __restrict__ sq,
+                       T* __restrict__ dp, T* __restrict__ q) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  const T Dt = static_cast<T>(D);
+  for (int64_t c = 0; c < C; ++c) sq[c] = x[c] * x[c];
+  T sdp = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    const T* __restrict__ sqh = sq + h * D;
+    q[h] = lane_dot<T>(sqh, r + h * D, D);
+    if (bias) q[h] += Dt * bias[h * N];
+    dp[h] = lane_dot<T>(sqh, da + h * D, D) + bn[h] + dtot[h];
+    sdp += pi[h] * dp[h];
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    const T ds = pi[h] * (dp[h] - sdp);
+    acc_t[h] += ds * q[h];
+    const T td = ds * tau[h];
+    bn[h] = td;
+    T* __restrict__ a = acc + h * D;
+    const T* __restrict__ sqh = sq + h * D;
+    for (int64_t d = 0; d < D; ++d) a[d] += td * sqh[d];
+  }
+}
+
+// backward pass C: dw = x (pi da2 + td r2 + dcol2) + G pi (-g)
+template <typename T, int KD>
+inline void tok_grad_c(const T* __restrict__ x, const T* __restrict__ gr, const T* __restrict__ pi,
+                       const T* __restrict__ td, const T* __restrict__ da2, const T* __restrict__ r2,
+                       const T* __restrict__ dcol2, const T* __restrict__ neg_g, int64_t H, int64_t Drt,
+                       T* __restrict__ out) {
+  const int64_t D = KD > 0 ? KD : Drt;
+  for (int64_t h = 0; h < H; ++h) {
+    const T p = pi[h], t = td[h];
+    const int64_t o = h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const T coef = p * da2[o + d] + t * r2[o + d] + dcol2[o + d];
+      out[o + d] = x[o + d] * coef + gr[o + d] * p * neg_g[o + d];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // forward: Y = -Pi w g, three passes over the tokens.
 // Returns [y_tm (B, N, H, D), pi (B, N, H), colsq, r, total, m, g] (statistics float64, (B, H, D) or
 // (B, H)).
-template <typename T>
+template <typename T, int KD>
 std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::optional<Tensor>& bias,
                              int64_t step, double sq_eps, double mem_eps) {
-  const int64_t B = w.size(0), N = w.size(1), H = w.size(2), D = w.size(3), C = H * D;
+  const int64_t B = w.size(0), N = w.size(1), H = w.size(2), D = KD > 0 ? KD : w.size(3), C = H * D;
   const int64_t K = (N + step - 1) / step;
   const T* W = w.data_ptr<T>();
   const T* TAU = tau.data_ptr<T>();
   const T* BIAS = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  const T Dt = static_cast<T>(D);
   const auto f64 = w.options().dtype(at::kDouble);
 
   // pass 1, the column energies of Eq. 10's normalisation: colsq[b, h, d] = sum_n w^2
   Tensor part = at::empty({B, K, C}, f64);
   double* PART = part.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C);
-    chunk_sum<T>(n0, n1, C, PART + (b * K + k) * C, blk, [&](int64_t n, T* acc) {
-      const T* x = W + (b * N + n) * C;
-      for (int64_t c = 0; c < C; ++c) acc[c] += x[c] * x[c];
-    });
+    std::vector<T> blk(C, T(0));
+    double* slot = PART + (b * K + k) * C;
+    std::fill(slot, slot + C, 0.0);
+    for (int64_t nb = n0; nb < n1; nb += kBlock) {
+      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) tok_sq_acc<T>(W + (b * N + n) * C, blk.data(), C);
+      flush<T>(blk.data(), slot, C);
+    }
   });
   Tensor colsq = at::empty({B, H, D}, f64), r = at::empty({B, H, D}, f64);
   double* COLSQ = colsq.data_ptr<double>();
@@ -159,44 +292,18 @@ std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::opti
   Tensor part_t = at::empty({B, K, H}, f64);
   double* PART_T = part_t.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C), blk_t(H), sq(C), s(H);
-    const T* rb = rT.data() + b * C;
+    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(C), s(H);
     double* slot = PART + (b * K + k) * C;
     double* slot_t = PART_T + (b * K + k) * H;
     std::fill(slot, slot + C, 0.0);
     std::fill(slot_t, slot_t + H, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      std::fill(blk.begin(), blk.end(), T(0));
-      std::fill(blk_t.begin(), blk_t.end(), T(0));
-      for (int64_t n = nb; n < std::min(n1, nb + kBlock); ++n) {
-        const T* x = W + (b * N + n) * C;
-        for (int64_t c = 0; c < C; ++c) sq[c] = x[c] * x[c];
-        T smax = -std::numeric_limits<T>::infinity();
-        for (int64_t h = 0; h < H; ++h) {
-          const T* sqh = sq.data() + h * D;
-          const T* rh = rb + h * D;
-          T q = lane_sum<T>(D, [&](int64_t d) { return sqh[d] * rh[d]; });
-          if (BIAS) q += Dt * BIAS[h * N + n];
-          s[h] = TAU[h] * q;
-          smax = std::max(smax, s[h]);
-        }
-        T den = 0;
-        for (int64_t h = 0; h < H; ++h) {
-          s[h] = std::exp(s[h] - smax);
-          den += s[h];
-        }
-        T* pin = PI + (b * N + n) * H;
-        for (int64_t h = 0; h < H; ++h) {
-          const T p = s[h] / den;
-          pin[h] = p;
-          blk_t[h] += p;
-          T* acc = blk.data() + h * D;
-          const T* sqh = sq.data() + h * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] += p * sqh[d];
-        }
+      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+        tok_membership<T, KD>(W + (b * N + n) * C, rT.data() + b * C, TAU, BIAS ? BIAS + n : nullptr, N, H, D,
+                              PI + (b * N + n) * H, blk.data(), blk_t.data(), sq.data(), s.data());
       }
-      for (int64_t c = 0; c < C; ++c) slot[c] += static_cast<double>(blk[c]);
-      for (int64_t h = 0; h < H; ++h) slot_t[h] += static_cast<double>(blk_t[h]);
+      flush<T>(blk.data(), slot, C);
+      flush<T>(blk_t.data(), slot_t, H);
     }
   });
   //   total[h] = sum_n Pi + eps;  m = mnum / total;  g = 1 / (1 + m)
@@ -220,15 +327,8 @@ std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::opti
   Tensor y = at::empty({B, N, H, D}, w.options());
   T* Y = y.data_ptr<T>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t, int64_t n0, int64_t n1) {
-    const T* ng = neg_g.data() + b * C;
     for (int64_t n = n0; n < n1; ++n) {
-      const T* x = W + (b * N + n) * C;
-      const T* pin = PI + (b * N + n) * H;
-      T* yn = Y + (b * N + n) * C;
-      for (int64_t h = 0; h < H; ++h) {
-        const T p = pin[h];
-        for (int64_t d = 0; d < D; ++d) yn[h * D + d] = p * x[h * D + d] * ng[h * D + d];
-      }
+      tok_output<T, KD>(W + (b * N + n) * C, PI + (b * N + n) * H, neg_g.data() + b * C, H, D, Y + (b * N + n) * C);
     }
   });
   return {y, pi, colsq, r, total, m, g};
@@ -237,12 +337,12 @@ std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::opti
 // ---------------------------------------------------------------------------------------------------
 // backward, given G = dL/dY (token-major) and forward's Pi and statistics: three passes.
 // Returns [dw_tm (B, N, H, D), dtau (H,) float64] plus dbias (H, N) in w's dtype when bias is given.
-template <typename T>
+template <typename T, int KD>
 std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& tau,
                              const std::optional<Tensor>& bias, const Tensor& pi, const Tensor& colsq,
                              const Tensor& r, const Tensor& total, const Tensor& m, const Tensor& g,
                              int64_t step, double sq_eps) {
-  const int64_t B = w.size(0), N = w.size(1), H = w.size(2), D = w.size(3), C = H * D;
+  const int64_t B = w.size(0), N = w.size(1), H = w.size(2), D = KD > 0 ? KD : w.size(3), C = H * D;
   const int64_t K = (N + step - 1) / step;
   const T* W = w.data_ptr<T>();
   const T* GR = grad.data_ptr<T>();
@@ -254,7 +354,6 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   const double* TOTAL = total.data_ptr<double>();
   const double* M = m.data_ptr<double>();
   const double* GG = g.data_ptr<double>();
-  const T Dt = static_cast<T>(D);
   const auto f64 = w.options().dtype(at::kDouble);
   const std::vector<T> gT = to_vec<T>(GG, B * C), rT = to_vec<T>(R, B * C);
 
@@ -264,21 +363,17 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   Tensor part = at::empty({B, K, C}, f64);
   double* PART = part.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C), gw(C);
-    const T* gb = gT.data() + b * C;
-    chunk_sum<T>(n0, n1, C, PART + (b * K + k) * C, blk, [&](int64_t n, T* acc) {
-      const T* x = W + (b * N + n) * C;
-      const T* gr = GR + (b * N + n) * C;
-      for (int64_t c = 0; c < C; ++c) gw[c] = gr[c] * x[c];
-      for (int64_t h = 0; h < H; ++h) {
-        const T* gwh = gw.data() + h * D;
-        const T* gh = gb + h * D;
-        BUF[(b * N + n) * H + h] = -lane_sum<T>(D, [&](int64_t d) { return gwh[d] * gh[d]; });
-        const T p = PI[(b * N + n) * H + h];
-        T* a = acc + h * D;
-        for (int64_t d = 0; d < D; ++d) a[d] += p * gwh[d];
+    std::vector<T> blk(C, T(0)), gw(C);
+    double* slot = PART + (b * K + k) * C;
+    std::fill(slot, slot + C, 0.0);
+    for (int64_t nb = n0; nb < n1; nb += kBlock) {
+      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+        const int64_t t = b * N + n;
+        tok_grad_a<T, KD>(W + t * C, GR + t * C, gT.data() + b * C, PI + t * H, H, D, BUF + t * H, blk.data(),
+                          gw.data());
       }
-    });
+      flush<T>(blk.data(), slot, C);
+    }
   });
   //   da = g^2 pgw / total  (dL/dmnum);  dtotal[h] = -sum_d da m
   std::vector<double> da(B * C), dtotal(B * H);
@@ -300,44 +395,20 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   Tensor part_t = at::empty({B, K, H}, f64);
   double* PART_T = part_t.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C), blk_t(H), sq(C), dp(H), q(H);
-    const T* rb = rT.data() + b * C;
-    const T* dab = daT.data() + b * C;
-    const T* dtb = dtotT.data() + b * H;
+    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(C), dp(H), q(H);
     double* slot = PART + (b * K + k) * C;
     double* slot_t = PART_T + (b * K + k) * H;
     std::fill(slot, slot + C, 0.0);
     std::fill(slot_t, slot_t + H, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      std::fill(blk.begin(), blk.end(), T(0));
-      std::fill(blk_t.begin(), blk_t.end(), T(0));
-      for (int64_t n = nb; n < std::min(n1, nb + kBlock); ++n) {
-        const T* x = W + (b * N + n) * C;
-        const T* pin = PI + (b * N + n) * H;
-        T* bn = BUF + (b * N + n) * H;
-        for (int64_t c = 0; c < C; ++c) sq[c] = x[c] * x[c];
-        T sdp = 0;
-        for (int64_t h = 0; h < H; ++h) {
-          const T* sqh = sq.data() + h * D;
-          const T* rh = rb + h * D;
-          const T* dah = dab + h * D;
-          q[h] = lane_sum<T>(D, [&](int64_t d) { return sqh[d] * rh[d]; });
-          if (BIAS) q[h] += Dt * BIAS[h * N + n];
-          dp[h] = lane_sum<T>(D, [&](int64_t d) { return sqh[d] * dah[d]; }) + bn[h] + dtb[h];
-          sdp += pin[h] * dp[h];
-        }
-        for (int64_t h = 0; h < H; ++h) {
-          const T ds = pin[h] * (dp[h] - sdp);
-          blk_t[h] += ds * q[h];
-          const T td = ds * TAU[h];
-          bn[h] = td;
-          T* acc = blk.data() + h * D;
-          const T* sqh = sq.data() + h * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] += td * sqh[d];
-        }
+      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+        const int64_t t = b * N + n;
+        tok_grad_b<T, KD>(W + t * C, PI + t * H, rT.data() + b * C, daT.data() + b * C, dtotT.data() + b * H, TAU,
+                          BIAS ? BIAS + n : nullptr, N, H, D, BUF + t * H, blk.data(), blk_t.data(), sq.data(),
+                          dp.data(), q.data());
       }
-      for (int64_t c = 0; c < C; ++c) slot[c] += static_cast<double>(blk[c]);
-      for (int64_t h = 0; h < H; ++h) slot_t[h] += static_cast<double>(blk_t[h]);
+      flush<T>(blk.data(), slot, C);
+      flush<T>(blk_t.data(), slot_t, H);
     }
   });
   //   dcol = -r^2 drm where colsq > eps^2 (the clamp passes no gradient), else 0;  dtau summed over b
@@ -365,18 +436,9 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   for_each_chunk(B, N, step, [&](int64_t b, int64_t, int64_t n0, int64_t n1) {
     const int64_t o = b * C;
     for (int64_t n = n0; n < n1; ++n) {
-      const T* x = W + (b * N + n) * C;
-      const T* gr = GR + (b * N + n) * C;
-      T* out = DW + (b * N + n) * C;
-      for (int64_t h = 0; h < H; ++h) {
-        const T p = PI[(b * N + n) * H + h];
-        const T td = BUF[(b * N + n) * H + h];
-        const int64_t j = o + h * D;
-        for (int64_t d = 0; d < D; ++d) {
-          const T coef = p * da2[j + d] + td * r2[j + d] + dcol2[j + d];
-          out[h * D + d] = x[h * D + d] * coef + gr[h * D + d] * p * ng[j + d];
-        }
-      }
+      const int64_t t = b * N + n;
+      tok_grad_c<T, KD>(W + t * C, GR + t * C, PI + t * H, BUF + t * H, da2.data() + o, r2.data() + o,
+                        dcol2.data() + o, ng.data() + o, H, D, DW + t * C);
     }
   });
   std::vector<Tensor> outs{dw, dtau};
@@ -399,12 +461,26 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   return outs;
 }
 
+// Calls f.template operator()<KD>() with KD = d for the head sizes compiled as constants, else 0.
+template <typename F>
+decltype(auto) with_head_size(int64_t d, const F& f) {
+  switch (d) {
+    case 16: return f.template operator()<16>();
+    case 32: return f.template operator()<32>();
+    case 48: return f.template operator()<48>();
+    case 64: return f.template operator()<64>();
+    default: return f.template operator()<0>();
+  }
+}
+
 std::vector<Tensor> fwd(const Tensor& w_tm, const Tensor& tau, const std::optional<Tensor>& bias,
                         int64_t chunk, double sq_eps, double membership_eps) {
   check_inputs("tssa_cpu::fwd", w_tm, tau, bias, chunk);
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(w_tm.scalar_type(), "tssa_cpu_fwd", [&] {
-    out = fwd_impl<scalar_t>(w_tm, tau, bias, chunk, sq_eps, membership_eps);
+    out = with_head_size(w_tm.size(3), [&]<int KD>() {
+      return fwd_impl<scalar_t, KD>(w_tm, tau, bias, chunk, sq_eps, membership_eps);
+    });
   });
   return out;
 }
@@ -425,7 +501,9 @@ std::vector<Tensor> bwd(const Tensor& grad_tm, const Tensor& w_tm, const Tensor&
   check_like(op, "g", g, {B, H, D}, at::kDouble);
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(w_tm.scalar_type(), "tssa_cpu_bwd", [&] {
-    out = bwd_impl<scalar_t>(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps);
+    out = with_head_size(w_tm.size(3), [&]<int KD>() {
+      return bwd_impl<scalar_t, KD>(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps);
+    });
   });
   return out;
 }
