@@ -18,7 +18,8 @@ if not _OK:
 _STEP = chunk_tokens(8 * 48, 100_000)  # tokens per chunk at H * D = 384 (170), long sequences
 
 # (B, H, N, D): one token; three tokens; N = 197 with D = 60 and D = 1 (the runtime head size) and
-# with D = 16, 32, 64 (compile-time ones, as 48); H = 1; a multiple of the chunk plus and minus one (4 full chunks with a ragged last one, and 5 with a one-token last one)
+# with D = 16, 32, 64 (compile-time ones, as 48); H = 1; a multiple of the chunk plus and minus one
+# (4 full chunks with a ragged last one, and 5 with a one-token last one)
 SHAPES = [
     (1, 1, 1, 1),
     (2, 4, 3, 48),

@@ -95,7 +95,12 @@ def isa() -> str:
     """The instruction set the extension is built for here: ``"avx2"`` where torch reports an AVX2 or
     AVX512 CPU (x86-64), else ``"base"`` (the compiler's default target); ``$TSSA_EXT_ISA=base`` forces
     the baseline build (results are the same bit for bit, only slower)."""
-    if os.environ.get(ENV_ISA, "").strip().lower() == "base":
+    forced = os.environ.get(ENV_ISA, "").strip().lower()
+    if forced not in ("", "base"):
+        raise ValueError(
+            f"${ENV_ISA}={forced!r}: only 'base' (the default target) can be forced; unset it for the automatic choice"
+        )
+    if forced == "base":
         return "base"
     try:
         cap = torch.backends.cpu.get_cpu_capability()
@@ -131,8 +136,8 @@ def _build() -> None:
 
     from torch.utils.cpp_extension import load as load_extension
 
-    root = cache_dir()
-    build = root / isa()
+    root, variant = cache_dir(), isa()
+    build = root / variant
     build.mkdir(parents=True, exist_ok=True)
     # at::parallel_for is a header template: with torch's OpenMP backend it only runs threads in code
     # compiled with -fopenmp (libgomp resolves to the copy torch has already loaded)
@@ -143,9 +148,9 @@ def _build() -> None:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             load_extension(
-                name=f"{EXT_NAME}_{isa()}",
+                name=f"{EXT_NAME}_{variant}",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-ffp-contract=off", *_ISA_FLAGS[isa()], *omp],
+                extra_cflags=["-O3", "-ffp-contract=off", *_ISA_FLAGS[variant], *omp],
                 extra_ldflags=omp,
                 build_directory=str(build),
                 is_python_module=False,  # plain torch.ops library: TORCH_LIBRARY(tssa_cpu, ...)
