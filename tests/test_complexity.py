@@ -346,6 +346,32 @@ def test_calls_past_the_time_limit_fail_with_timeout(tmp_path, monkeypatch):
     assert st.event == "failed" and st.reason.startswith("timeout")
 
 
+def test_max_tokens_stops_a_variant_at_its_size_and_names_a_bad_key():
+    suite = _tiny_suite(tokens=[32, 64, 128], variants=["tssa:*", "sdpa", "layer:sdpa", "floor"], passes=["fwd"],
+                        max_tokens={"sdpa": 64, "layer:sdpa": 32, "tssa:naive": 32})  # fmt: skip
+    planned = {(c["variant"], c["tokens"]) for g in cx.plan("t", suite) for c in g.cells}
+    assert {n for v, n in planned if v == "sdpa"} == {32, 64}
+    assert {n for v, n in planned if v == "layer:sdpa"} == {32}
+    assert {n for v, n in planned if v == "tssa:naive"} == {32}
+    # uncapped variants, and the other cores the ``tssa:*`` pattern expands to, keep every size
+    assert (
+        {n for v, n in planned if v == "floor"}
+        == {n for v, n in planned if v == "tssa:lean"}
+        == {32, 64, 128}
+    )
+    with pytest.raises(ValueError, match="unknown operator variant 'flash'"):
+        _tiny_suite(max_tokens={"flash": 64})
+    with pytest.raises(ValueError, match="max_tokens of 'sdpa' must be a positive integer"):
+        _tiny_suite(max_tokens={"sdpa": 0})
+
+
+def test_a_suite_without_max_tokens_keeps_its_configuration_hash():
+    from benchmarks.core.store import config_hash
+
+    assert "max_tokens" not in _tiny_suite()["complexity"]["operator"]
+    assert config_hash(_tiny_suite()) != config_hash(_tiny_suite(max_tokens={"sdpa": 32}))
+
+
 def test_variants_expand_to_usable_impls():
     got = cx.expand_variants(["tssa:*", "sdpa", "sdpa"], "cpu", "float32")
     assert "tssa:naive" in got and "tssa:lean" in got and got.count("sdpa") == 1
@@ -505,3 +531,50 @@ def test_attention_tokens_count_attention_layers_only():
     from ultralytics.nn.modules import C2PSA
 
     assert cx.attention_tokens(C2PSA(128, 128, n=2).eval(), x.repeat(1, 2, 1, 1)) == [25, 25]  # stock agrees
+
+
+_FAULTS = """
+import resource, sys, torch
+from benchmarks.core.measure import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory() is not None and keep_freed_memory() == keep_freed_memory()
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 << 20).fill_(1.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
+"""
+
+
+def test_keep_freed_memory_makes_a_repeated_large_output_reuse_its_pages():
+    """glibc maps a 64 MiB block afresh per allocation (one page fault per 4 KiB page on every call, the
+    cost that steps the per-token time up past 32 MiB); with the heap kept, once the heap has settled (a
+    few calls), the pages are reused. Counted in page faults (a child process per setting: the setting
+    is process-wide), not in time."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator setting exists for glibc only")
+    faults = {
+        mode: [int(f) for f in subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
+                                              check=True).stdout.split()]
+        for mode in ("default", "keep")
+    }  # fmt: skip
+    pages = (64 << 20) // 4096
+    warm = {mode: sum(f < pages // 10 for f in fs[-15:]) for mode, fs in faults.items()}  # calls served warm
+    assert warm["default"] == 0, faults  # every call maps and faults in fresh pages
+    assert warm["keep"] >= 12, faults  # the kept heap serves them warm (it settles within about 7 calls)
+
+
+def test_cpu_timings_record_the_allocator_setting():
+    import platform
+
+    from benchmarks.core.measure import HEAP_REUSE
+
+    t = cx.time_interleaved({"ok": lambda: None}, device="cpu", rounds=1, min_run_time=0.01, threads=1)["ok"]
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert t.allocator == (HEAP_REUSE if glibc else None)
+    assert t.provenance() == ({"allocator": HEAP_REUSE} if glibc else {})

@@ -9,7 +9,9 @@
 - :func:`time_interleaved`: every callable timed over repeated calls filling a minimum window
   (``torch.utils.benchmark.Timer.blocked_autorange``: each sample is the mean of a block of calls),
   round-robin over the callables for several rounds, so drift hits all alike; returns the samples
-  and the number of calls behind them.
+  and the number of calls behind them. On CPU it first calls :func:`keep_freed_memory`.
+- :func:`keep_freed_memory`: glibc keeps freed memory for reuse instead of returning it to the
+  system, so a timed call that allocates its output reuses warm pages at every size.
 """
 
 from __future__ import annotations
@@ -162,10 +164,15 @@ class Timing:
     samples: list[float] = field(default_factory=list)
     calls: int = 0
     error: str | None = None
+    allocator: str | None = None  # what :func:`keep_freed_memory` set (None: the platform's default)
 
     @property
     def median(self) -> float:
         return quantile(self.samples, 0.5)
+
+    def provenance(self) -> dict[str, str]:
+        """The fields a latency row records about how it was timed (the allocator setting, if any)."""
+        return {"allocator": self.allocator} if self.allocator else {}
 
     @property
     def iqr(self) -> float:
@@ -195,6 +202,39 @@ def _round_samples(
     return list(m.times), m.number_per_run * len(m.times)
 
 
+HEAP_REUSE = "glibc M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1"
+_heap_reuse: str | None = None
+
+
+def keep_freed_memory() -> str | None:
+    """Make glibc's malloc keep freed memory in its heap for reuse (``mallopt``: no ``mmap`` for large
+    blocks, no trimming below 2 GiB of free top); returns :data:`HEAP_REUSE`, or None where the C
+    library is not glibc (nothing is changed there). Idempotent, for the whole process.
+
+    Why: by default glibc serves a block above its mmap threshold (dynamic, at most 32 MiB on 64-bit)
+    with a fresh ``mmap`` and unmaps it on free, so an output past 32 MiB is page-faulted anew on every
+    call. The per-token cost of a streaming operator then steps up at that size (the fused TSSA forward
+    at (1, 8, N, 48): about 3x from N = 24576, measured by ``scripts/heap_step.py``), which a slope
+    fitted across it reads as super-linear time. With the heap kept, every size reuses warm pages, as
+    a caching allocator (CUDA's) does. The peak-memory figures are the dispatch-level tracker's and do
+    not change.
+    """
+    global _heap_reuse
+    if _heap_reuse is not None:
+        return _heap_reuse
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
+        return None
+    _heap_reuse = HEAP_REUSE
+    return _heap_reuse
+
+
 def time_interleaved(
     steps: dict[str, Callable[[], None]],
     *,
@@ -207,7 +247,8 @@ def time_interleaved(
     """Time every step round-robin: per round, ``blocked_autorange`` fills ``min_run_time`` with
     repeated calls (CUDA: ``triton.testing.do_bench``, L2 flushed). A step that raises (or passes
     ``guard_s`` in one round) records its error and drops out; the others go on."""
-    out = {k: Timing() for k in steps}
+    allocator = None if device.startswith("cuda") else keep_freed_memory()
+    out = {k: Timing(allocator=allocator) for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             t = out[name]

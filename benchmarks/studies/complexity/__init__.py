@@ -49,8 +49,11 @@ def readme(ctx: ReadmeContext) -> str | None:
     import os
     from pathlib import Path
 
-    op = (ctx.suite.get("complexity") or {}).get("operator") or {}
-    fit_min = ctx.options.get("fit_min_tokens") or op.get("fit_min_tokens", 1024)
+    from .report import fit_min_tokens
+
+    # the threshold the measured run declared (its suite's, when it ran), so that a later change of the
+    # suite's setting never refits rows that were measured for another
+    fit_min = ctx.options.get("fit_min_tokens") or fit_min_tokens(ctx.runs)
     rows = ctx.rows[ctx.rows["kind"] == "complexity"] if not ctx.rows.empty else ctx.rows
     d = derive(rows, fit_min_tokens=fit_min, reference=ctx.options.get("reference", "sdpa"))
     if not d["configs"] and not d["models"]:

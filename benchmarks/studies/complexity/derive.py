@@ -19,13 +19,16 @@ CONFIG = ("machine", "device", "dtype", "batch", "dim", "heads", "threads")
 
 
 def fit_slope(x, y) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (the exponent k of ``y ~ x^k``)."""
+    """Theil-Sen slope of ``log y`` against ``log x`` (the exponent k of ``y ~ x^k``): the median of the
+    pairwise slopes (``scipy.stats.theilslopes``), robust to one size that a burst of the machine hit."""
+    from scipy import stats
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 or len(set(x.tolist())) < 2:
         raise ValueError(f"a slope needs at least two distinct sizes, got {x.tolist()}")
     if (x <= 0).any() or (y <= 0).any():
         raise ValueError("a log-log slope needs positive sizes and values")
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+    return float(stats.theilslopes(np.log(y), np.log(x)).slope)
 
 
 def crossover(tokens, t_fast, t_ref) -> dict[str, Any]:

@@ -272,7 +272,15 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
             continue
         med = t.median
         rows = static[cid] + [
-            ctx.row(cell, "latency_ms", 1e3 * med, iqr_ms=1e3 * t.iqr, samples=len(t.samples), calls=t.calls),
+            ctx.row(
+                cell,
+                "latency_ms",
+                1e3 * med,
+                iqr_ms=1e3 * t.iqr,
+                samples=len(t.samples),
+                calls=t.calls,
+                **t.provenance(),
+            ),
             ctx.row(cell, "tokens_per_s", cell["batch"] * cell["tokens"] / med, samples=len(t.samples)),
         ]
         if device.startswith("cuda") and variant_base(cell["variant"]) == "tssa":
@@ -338,6 +346,7 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
     }
     # the TSSA layer through ``auto`` names the core it resolves to (part of the cell's identity)
     cores = {"layer:tssa": _impl.core_param(frozenset({"auto"}), device, op["dtype"])}
+    caps = op.get("max_tokens") or {}
     groups = []
     for threads in op["threads"] or [suite["threads"]]:
         for pass_ in op["passes"]:
@@ -361,6 +370,7 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                         settings,
                     )
                     for v in variants
+                    if n <= caps.get(v, caps.get(variant_base(v), n))
                 ]
                 groups.append(Group(cells, execute, label=f"operator {pass_} N={n} threads={threads}", exclusive=True,
                                     threads=threads))  # fmt: skip

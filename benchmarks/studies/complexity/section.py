@@ -43,6 +43,9 @@ class OperatorSection(StrictSection):
     min_run_time: float = Field(0.2, gt=0)
     profile_max_tokens: int = Field(4096, ge=0)
     fit_min_tokens: int = Field(1024, ge=1)
+    # the largest N of a variant (as named in ``variants`` or expanded from ``tssa:*``); larger sizes are
+    # not planned for it. Written only when set: suites without it keep their configuration hash
+    max_tokens: dict[str, int] | None = None
 
     _tok = field_validator("tokens")(lambda v: _sizes(v, "tokens"))
     _pas = field_validator("passes")(lambda v: _passes(v))
@@ -61,6 +64,17 @@ class OperatorSection(StrictSection):
             raise ValueError("variants must be a non-empty list")
         for name in v:
             check_variant(name)
+        return v
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v):
+        from benchmarks.studies.complexity.operator import check_variant
+
+        for name, n in (v or {}).items():
+            check_variant(name)
+            if n < 1:
+                raise ValueError(f"max_tokens of {name!r} must be a positive integer, got {n}")
         return v
 
     @model_validator(mode="after")
@@ -108,4 +122,7 @@ class ComplexitySection(StrictSection):
 
 def parse_complexity(section: Any) -> dict[str, Any]:
     """Validate a suite's ``complexity:`` section (ValueError, one line) and return it as a dict."""
-    return validate(ComplexitySection, section, "complexity").model_dump()
+    out = validate(ComplexitySection, section, "complexity").model_dump()
+    if out.get("operator") is not None and out["operator"].get("max_tokens") is None:
+        out["operator"].pop("max_tokens", None)
+    return out
