@@ -10,11 +10,13 @@ reads it when torch loads it, so it must be set before the process starts).
 
     python scripts/busy_core.py                      # N = 4096 and 16384, both wait policies
     python scripts/busy_core.py --tokens 4096 --policy passive --no-spin
+    python scripts/busy_core.py --impls stream fused  # the Python streaming core beside the compiled one
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -23,7 +25,7 @@ import sys
 import time
 
 
-def measure(tokens: list[int], rounds: int, heads: int, dim: int) -> list[dict]:
+def measure(tokens: list[int], rounds: int, heads: int, dim: int, impls: list[str]) -> list[dict]:
     import torch
 
     from tssa.ops import resolve_impl, tssa
@@ -38,15 +40,19 @@ def measure(tokens: list[int], rounds: int, heads: int, dim: int) -> list[dict]:
         def heads_view(wt=wt, n=n):
             return wt.view(1, n, heads, dim).transpose(1, 2)
 
-        def fwd(heads_view=heads_view, tau=tau):
-            with torch.no_grad():
-                tssa(heads_view(), tau)
+        def fwd(impl, heads_view=heads_view, tau=tau):
+            def step():
+                with torch.no_grad():
+                    tssa(heads_view(), tau, impl=impl)
 
-        def fwd_bwd(heads_view=heads_view, tau=tau, wt=wt, gy=gy):
-            torch.autograd.grad(tssa(heads_view(), tau), wt, gy)
+            return step
 
-        core = resolve_impl("auto", heads_view())
-        for name, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
+        def fwd_bwd(impl, heads_view=heads_view, tau=tau, wt=wt, gy=gy):
+            return lambda: torch.autograd.grad(tssa(heads_view(), tau, impl=impl), wt, gy)
+
+        for impl, (name, make) in itertools.product(impls, (("forward", fwd), ("forward+backward", fwd_bwd))):
+            core = resolve_impl(impl, heads_view())
+            fn = make(impl)
             calls, times = {}, {1: [], 2: []}
             for t in (1, 2):  # warm-up and the block size: about 20 ms of calls
                 torch.set_num_threads(t)
@@ -74,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=48, help="head size D")
     ap.add_argument("--policy", choices=["default", "passive", "both"], default="both")
+    ap.add_argument("--impls", nargs="+", default=["auto"], help="cores to measure (default: what auto runs)")
     ap.add_argument("--no-spin", action="store_true", help="measure without the busy process")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if any(n < 1 for n in a.tokens) or a.rounds < 1 or a.heads < 1 or a.dim < 1:
         ap.error("--tokens, --rounds, --heads and --dim must be positive")
     if a.child:
-        print(json.dumps(measure(a.tokens, a.rounds, a.heads, a.dim)))
+        print(json.dumps(measure(a.tokens, a.rounds, a.heads, a.dim, a.impls)))
         return 0
     policies = ["default", "passive"] if a.policy == "both" else [a.policy]
     spin = None if a.no_spin else subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             if pol == "passive":
                 env["OMP_WAIT_POLICY"] = "PASSIVE"
             args = [sys.executable, __file__, "--child", "--rounds", str(a.rounds), "--heads", str(a.heads),
-                    "--dim", str(a.dim), "--tokens", *map(str, a.tokens)]  # fmt: skip
+                    "--dim", str(a.dim), "--tokens", *map(str, a.tokens), "--impls", *a.impls]  # fmt: skip
             p = subprocess.run(args, env=env, capture_output=True, text=True)
             if p.returncode != 0:
                 sys.exit(f"busy_core: the {pol} measurement failed: {p.stderr.strip().splitlines()[-1:]}")

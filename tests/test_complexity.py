@@ -365,10 +365,25 @@ def test_max_tokens_stops_a_variant_at_its_size_and_names_a_bad_key():
         _tiny_suite(max_tokens={"sdpa": 0})
 
 
+def test_interleave_from_times_the_fit_sizes_in_one_group_per_pass(tmp_path):
+    suite = _tiny_suite(tokens=[32, 64, 128, 256], variants=["tssa:naive", "floor"], interleave_from=64)
+    groups = cx.plan("t", suite)
+    sizes = [sorted({c["tokens"] for c in g.cells}) for g in groups]
+    assert sizes == [[32], [64, 128, 256], [32], [64, 128, 256]]  # fwd, then fwd+bwd
+    assert [len(g.cells) for g in groups] == [2, 6, 2, 6]
+    run = run_groups("t", suite, groups, tmp_path, **QUIET)
+    assert run.summary() == {"finished": 16}
+    df = load_rows([run])
+    lat = df[df["metric"] == "latency_ms"]
+    assert sorted(lat["tokens"].astype(int).unique()) == [32, 64, 128, 256] and (lat["samples"] >= 1).all()
+    with pytest.raises(ValueError, match="interleave_from"):
+        _tiny_suite(interleave_from=0)
+
+
 def test_a_suite_without_max_tokens_keeps_its_configuration_hash():
     from benchmarks.core.store import config_hash
 
-    assert "max_tokens" not in _tiny_suite()["complexity"]["operator"]
+    assert not {"max_tokens", "interleave_from"} & set(_tiny_suite()["complexity"]["operator"])
     assert config_hash(_tiny_suite()) != config_hash(_tiny_suite(max_tokens={"sdpa": 32}))
 
 

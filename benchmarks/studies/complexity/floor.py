@@ -11,7 +11,7 @@ Cells run through the harness's runner into a run of the suite ``floor`` (resuma
 suite), so the numbers are rows with provenance; the table and the README block are written from
 those rows::
 
-    python -m benchmarks.studies.complexity.floor --tokens 1024 4096 16384 --threads 1 2 --impls naive lean stream --readme README.md
+    python -m benchmarks.studies.complexity.floor --tokens 1024 4096 16384 --threads 1 2 --impls naive lean stream fused --readme README.md
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-DEFAULT_IMPLS = ["naive", "lean", "stream"]
+def default_impls(device: str) -> list[str]:
+    """The cores the sweep's ``tssa:*`` runs on ``device`` (every registered impl usable there, the
+    compiled ``fused`` core included where its extension builds): the layer is measured with each."""
+    from benchmarks.studies.complexity.operator import expand_variants
+
+    return [v.split(":", 1)[1] for v in expand_variants(["tssa:*"], device, "float32")]
 
 
 def floor_suite(
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS)
+    ap.add_argument("--impls", nargs="+", default=None, help="cores (default: every one usable on the device)")
     ap.add_argument("--min-run-time", type=float, default=0.3, help="seconds of calls per variant and round")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--results-dir", default="results")
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokens must be >= 1, got {args.tokens}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here; run it on a GPU machine")
+    args.impls = args.impls or default_impls(args.device)
     for impl in args.impls:
         try:
             check_variant(f"tssa:{impl}")

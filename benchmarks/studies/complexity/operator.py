@@ -219,7 +219,7 @@ def predicted_seconds(cell: Cell, history: list[dict[str, Any]]) -> tuple[float,
 
 
 def execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
-    """Measure one (tokens, pass, threads) group on the cells' thread count; the process's own count is restored afterwards."""
+    """Measure one (tokens, pass, threads) group (or several sizes interleaved) on the cells' thread count; the process's own count is restored afterwards."""
     with torch_threads(cells[0]["threads"]):
         return _execute(cells, ctx)
 
@@ -232,7 +232,8 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
     seed = suite["seed"]
     threads = cells[0]["threads"]
     device = cells[0]["device"]
-    history = ctx.history()
+    # sizes of one interleaved group predict from the counted calls of the smaller ones before them
+    history = list(ctx.history())
     out: dict[str, Outcome] = {}
     steps, static = {}, {}
     for cell in cells:
@@ -252,8 +253,10 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
             continue
         try:
             fn, args, step = build_operator(cell, seed)
-            static[cell.id] = _static_rows(cell, fn, args, step, ctx, op, timeout_s)
+            static[cell.id], first = _static_rows(cell, fn, args, step, ctx, op, timeout_s)
             steps[cell.id] = step
+            history.append({"metric": "latency_ms", "level": "operator", "error": None, "value": 1e3 * first,
+                            **{k: cell[k] for k in (*_SAME_SERIES, "tokens")}})  # fmt: skip
         except Exception as exc:
             out[cell.id] = Outcome(failed=reason(exc))
     timings = time_interleaved(
@@ -301,8 +304,9 @@ def core_traffic_bytes(n_elems: int, itemsize: int, backward: bool) -> int:
     return n_elems * itemsize * (6 if backward else 4)
 
 
-def _static_rows(cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: float) -> list[dict]:
-    """Formula counts, the counted call (FLOPs, peak memory), fvcore, and the profiler's peak."""
+def _static_rows(cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: float) -> tuple[list[dict], float]:
+    """Formula counts, the counted call (FLOPs, peak memory), fvcore, and the profiler's peak; and the
+    counted call's seconds (an upper bound of one call: the counters slow it)."""
     mult = 3 if cell["pass"] == "fwd+bwd" else 1
     note = "forward count x 3 (backward = 2 x forward)" if mult == 3 else "forward"
     a = analytic(cell)
@@ -311,7 +315,7 @@ def _static_rows(cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: 
         ctx.row(cell, "macs_analytic", mult * a["macs"], note=note),
         ctx.row(cell, "elementwise_analytic", mult * a["elementwise"], note=note),
     ]
-    peak, flops, _ = count_call(step, cell["device"], timeout_s)
+    peak, flops, first = count_call(step, cell["device"], timeout_s)
     rows.append(ctx.row(cell, "flops_torch", flops, counter="torch.utils.flop_counter.FlopCounterMode"))
     tracker = "torch.cuda.max_memory_allocated" if cell["device"].startswith("cuda") else "LiveTensorTracker"
     rows.append(ctx.row(cell, "peak_mib", peak / MIB, bytes=peak, tracker=tracker))
@@ -331,11 +335,14 @@ def _static_rows(cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: 
     if cell["device"] == "cpu" and cell["tokens"] <= op["profile_max_tokens"]:
         ppeak = profiler_peak_bytes(step)
         rows.append(ctx.row(cell, "peak_mib_profiler", ppeak / MIB, bytes=ppeak, tracker="torch.profiler"))
-    return rows
+    return rows, first
 
 
 def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
-    """Groups of the operator sweep: one per (threads, pass, N), N ascending, variants interleaved."""
+    """Groups of the operator sweep: one per (threads, pass, N), N ascending, variants interleaved; the
+    sizes from ``interleave_from`` up form one group per (threads, pass), sizes and variants interleaved
+    (a slope compares times at different N: timed in the same rounds, a drift of the machine between
+    groups cannot pass for a change of slope)."""
     op = suite["complexity"]["operator"]
     device = suite["device"]
     variants = expand_variants(op["variants"], device, op["dtype"])
@@ -347,9 +354,11 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
     # the TSSA layer through ``auto`` names the core it resolves to (part of the cell's identity)
     cores = {"layer:tssa": _impl.core_param(frozenset({"auto"}), device, op["dtype"])}
     caps = op.get("max_tokens") or {}
+    merge_from = op.get("interleave_from") or math.inf
     groups = []
     for threads in op["threads"] or [suite["threads"]]:
         for pass_ in op["passes"]:
+            merged = []
             for n in op["tokens"]:
                 cells = [
                     Cell.make(
@@ -372,6 +381,13 @@ def plan(suite_name: str, suite: dict[str, Any]) -> list[Group]:
                     for v in variants
                     if n <= caps.get(v, caps.get(variant_base(v), n))
                 ]
+                if n >= merge_from:
+                    merged += cells
+                    continue
                 groups.append(Group(cells, execute, label=f"operator {pass_} N={n} threads={threads}", exclusive=True,
                                     threads=threads))  # fmt: skip
+            if merged:
+                ns = sorted({c["tokens"] for c in merged})
+                groups.append(Group(merged, execute, label=f"operator {pass_} N={ns[0]}..{ns[-1]} interleaved "
+                                    f"threads={threads}", exclusive=True, threads=threads))  # fmt: skip
     return groups

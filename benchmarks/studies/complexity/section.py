@@ -46,6 +46,8 @@ class OperatorSection(StrictSection):
     # the largest N of a variant (as named in ``variants`` or expanded from ``tssa:*``); larger sizes are
     # not planned for it. Written only when set: suites without it keep their configuration hash
     max_tokens: dict[str, int] | None = None
+    # sizes from this N up are timed in one group per pass, interleaved across sizes (written only when set)
+    interleave_from: int | None = Field(None, ge=1)
 
     _tok = field_validator("tokens")(lambda v: _sizes(v, "tokens"))
     _pas = field_validator("passes")(lambda v: _passes(v))
@@ -123,6 +125,7 @@ class ComplexitySection(StrictSection):
 def parse_complexity(section: Any) -> dict[str, Any]:
     """Validate a suite's ``complexity:`` section (ValueError, one line) and return it as a dict."""
     out = validate(ComplexitySection, section, "complexity").model_dump()
-    if out.get("operator") is not None and out["operator"].get("max_tokens") is None:
-        out["operator"].pop("max_tokens", None)
+    for key in ("max_tokens", "interleave_from"):  # optional settings: absent, a suite keeps its hash
+        if out.get("operator") is not None and out["operator"].get(key) is None:
+            out["operator"].pop(key, None)
     return out
