@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 
 
-def measure(tokens: list[int], impls: list[str], heads: int, dim: int, rounds: int, min_run_time: float) -> list:
+def measure(
+    tokens: list[int], impls: list[str], heads: int, dim: int, rounds: int, min_run_time: float
+) -> list:
     import torch
 
     from benchmarks.core.measure import time_interleaved
@@ -49,8 +51,8 @@ def measure(tokens: list[int], impls: list[str], heads: int, dim: int, rounds: i
         for pass_, make in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
             steps = {"floor": lambda w_=w_, buf=buf: torch.neg(w_, out=buf)}
             steps |= {impl: make(impl) for impl in impls}
-            for step in steps.values():  # first calls: the extension's build, the allocator's blocks
-                step()
+            for first_call in steps.values():  # first calls: the extension's build, the allocator's blocks
+                first_call()
             t = time_interleaved(steps, device="cpu", rounds=rounds, min_run_time=min_run_time, threads=1)
             bad = {k: v.error for k, v in t.items() if v.error}
             if bad:
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"--impls: {unknown} not usable here; available: {sorted(available_impls())}")
     rows = measure(a.tokens, a.impls, a.heads, a.dim, a.rounds, a.min_run_time)
-    print(f"core time / floor pass time (one read and one write of w), medians of {a.rounds} interleaved rounds,")
+    print(
+        f"core time / floor pass time (one read and one write of w), medians of {a.rounds} interleaved rounds,"
+    )
     print(f"1 thread, (1, {a.heads}, N, {a.dim}) on the layer's token-major layout")
     print("| N | pass | " + " | ".join(a.impls) + " | floor |")
     print("| ---: | --- | " + " | ".join("---:" for _ in a.impls) + " | ---: |")

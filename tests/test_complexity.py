@@ -213,6 +213,30 @@ def test_timing_samples_are_blocks_of_repeated_calls_interleaved():
     assert switches >= 5  # a, b, a, b, a, b: interleaved round by round
 
 
+def test_a_call_longer_than_the_window_is_timed_alone_after_the_first_round():
+    """blocked_autorange makes a warm-up call before every block; for a call that fills the window by
+    itself the later rounds time one call each, so only the first round pays a warm-up."""
+    import time as _time
+
+    made = {"slow": 0, "fast": 0}
+
+    def slow():
+        made["slow"] += 1
+        _time.sleep(0.03)
+
+    def fast():
+        made["fast"] += 1
+
+    t = cx.time_interleaved(
+        {"slow": slow, "fast": fast}, device="cpu", rounds=4, min_run_time=0.01, threads=1
+    )
+    assert t["slow"].calls == len(t["slow"].samples) == 4  # blocks of one call, one per round
+    assert made["slow"] == t["slow"].calls + 1  # the first round's warm-up call only
+    assert all(0.03 <= x < 0.5 for x in t["slow"].samples)
+    assert t["fast"].calls > 10 * len(t["fast"].samples)  # short calls still come in blocks
+    assert made["fast"] > t["fast"].calls + 3  # and blocked_autorange warms up before each round's block
+
+
 def test_a_failing_step_is_recorded_and_the_others_go_on():
     def bad():
         raise RuntimeError("boom")

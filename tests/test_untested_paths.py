@@ -404,3 +404,24 @@ def test_the_complexity_report_fits_on_the_runs_own_threshold():
 
     assert fit_min_tokens([Run({"fit_min_tokens": 64}), Run({"fit_min_tokens": 16384})]) == 16384
     assert fit_min_tokens([Run({})]) == 1024 and fit_min_tokens([]) == 1024
+
+
+def test_time_slopes_fit_the_fastest_sample_where_the_rows_record_it():
+    """Bursts during two sizes move their medians, not their fastest samples: the time slope follows
+    ``min_ms`` where every row has it and falls back to the median for rows recorded without it."""
+    import pandas as pd
+
+    from benchmarks.studies.complexity.derive import slope_times
+    from benchmarks.studies.complexity.report import slope_interval
+
+    tokens = [16384, 24576, 32768, 49152, 65536, 98304, 131072]
+    fastest = [0.25e-3 * n for n in tokens]
+    median = [t * {98304: 1.5, 131072: 1.6}.get(n, 1.0) for t, n in zip(fastest, tokens)]
+    rows = pd.DataFrame({"tokens": tokens, "value": median, "min_ms": fastest})
+    vals, of = slope_times(rows)
+    assert of == "fastest sample" and list(vals) == fastest
+    assert slope_interval(tokens, vals)[0] == pytest.approx(1.0, abs=1e-9)
+    assert slope_interval(tokens, rows["value"])[0] > 1.05  # the bursts bend the medians' slope
+    older = rows.assign(min_ms=[None] * 6 + [fastest[-1]])  # one row without the column: use the medians
+    assert slope_times(older)[1] == "median" and list(slope_times(older)[0]) == median
+    assert slope_times(rows.drop(columns="min_ms"))[1] == "median"

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+
 def default_impls(device: str) -> list[str]:
     """The cores the sweep's ``tssa:*`` runs on ``device`` (every registered impl usable there, the
     compiled ``fused`` core included where its extension builds): the layer is measured with each."""
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--impls", nargs="+", default=None, help="cores (default: every one usable on the device)")
+    ap.add_argument(
+        "--impls", nargs="+", default=None, help="cores (default: every one usable on the device)"
+    )
     ap.add_argument("--min-run-time", type=float, default=0.3, help="seconds of calls per variant and round")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--results-dir", default="results")

@@ -172,8 +172,8 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
             continue
         rows, extra = static[cid]
         rows = rows + [
-            ctx.row(cell, "latency_ms", 1e3 * t.median, iqr_ms=1e3 * t.iqr, samples=len(t.samples),
-                    calls=t.calls, **extra, **t.provenance()),
+            ctx.row(cell, "latency_ms", 1e3 * t.median, iqr_ms=1e3 * t.iqr, min_ms=1e3 * t.fastest,
+                    samples=len(t.samples), calls=t.calls, **extra, **t.provenance()),
             ctx.row(cell, "images_per_s", cell["batch"] / t.median, samples=len(t.samples), **extra),
         ]  # fmt: skip
         out[cid] = Outcome(rows=rows)

@@ -280,6 +280,7 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
                 "latency_ms",
                 1e3 * med,
                 iqr_ms=1e3 * t.iqr,
+                min_ms=1e3 * t.fastest,
                 samples=len(t.samples),
                 calls=t.calls,
                 **t.provenance(),
@@ -304,7 +305,9 @@ def core_traffic_bytes(n_elems: int, itemsize: int, backward: bool) -> int:
     return n_elems * itemsize * (6 if backward else 4)
 
 
-def _static_rows(cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: float) -> tuple[list[dict], float]:
+def _static_rows(
+    cell: Cell, fn, args, step, ctx: Context, op: dict, timeout_s: float
+) -> tuple[list[dict], float]:
     """Formula counts, the counted call (FLOPs, peak memory), fvcore, and the profiler's peak; and the
     counted call's seconds (an upper bound of one call: the counters slow it)."""
     mult = 3 if cell["pass"] == "fwd+bwd" else 1
