@@ -213,6 +213,28 @@ def test_timing_samples_are_blocks_of_repeated_calls_interleaved():
     assert switches >= 5  # a, b, a, b, a, b: interleaved round by round
 
 
+def test_cells_of_a_group_share_their_inputs_and_keep_no_gradients():
+    """The cells of one group take the same input tensor where they would draw the same values (so an
+    interleaved group of many sizes holds one set per size); the values are those each cell draws
+    alone, and a forward+backward step frees the gradients it made."""
+    shape = (1, 64, 32, 4)
+    variants = ["tssa:naive", "tssa:lean", "floor", "layer:tssa"]
+    shared = {}
+    built = {v: cx.build_operator(_cell(v, shape, "fwd+bwd"), 0, shared) for v in variants}
+    alone = {v: cx.build_operator(_cell(v, shape, "fwd+bwd"), 0) for v in variants}
+    firsts = {v: built[v][1][0] for v in variants}
+    assert len({t.data_ptr() for t in firsts.values()}) == 1  # one (1, 64, 32) input for all four
+    for v in variants:
+        assert all(torch.equal(a, b) for a, b in zip(built[v][1], alone[v][1]))  # the values drawn alone
+    sizes = {tuple(k[1]) for k in shared if k[0] == "input"}
+    assert sizes == {(1, 64, 32)} and sum(k[0] == "dy" for k in shared) == 2  # core- and layer-shaped
+    for v in variants:
+        built[v][2]()
+        assert all(a.grad is None for a in built[v][1]), v
+        if isinstance(built[v][0], torch.nn.Module):
+            assert all(p.grad is None for p in built[v][0].parameters()), v
+
+
 def test_a_call_longer_than_the_window_is_timed_alone_after_the_first_round():
     """blocked_autorange makes a warm-up call before every block; for a call that fills the window by
     itself the later rounds time one call each, so only the first round pays a warm-up."""
@@ -355,8 +377,8 @@ def test_calls_past_the_time_limit_fail_with_timeout(tmp_path, monkeypatch):
     suite["timeout_s"] = 0.05
     real = opmod.build_operator
 
-    def slow(cell, seed=0):
-        fn, args, step = real(cell, seed)
+    def slow(cell, seed=0, shared=None):
+        fn, args, step = real(cell, seed, shared)
 
         def slow_step():
             _time.sleep(0.2)

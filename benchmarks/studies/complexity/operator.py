@@ -95,11 +95,17 @@ def _materialised(q, k, v):
     return torch.softmax(scores, dim=-1) @ v  # (B, H, N, D)
 
 
-def build_operator(cell: Cell, seed: int = 0) -> tuple[Callable, tuple, Callable[[], None]]:
+def build_operator(
+    cell: Cell, seed: int = 0, shared: dict | None = None
+) -> tuple[Callable, tuple, Callable[[], None]]:
     """``(fn, args, step)`` of an operator cell: ``fn(*args)`` is the forward, ``step()`` one call.
 
     Inputs and weights come from a seeded CPU generator, then move to the device, so a seed gives
-    the same data on every machine.
+    the same data on every machine. With ``shared`` (one dict per group of cells) the cells of a group
+    take the same tensor wherever they would draw the same values (the first input of one shape, the
+    upstream gradient): an interleaved group of many sizes then holds one set of inputs per size, not
+    one per variant. ``step()`` of forward+backward leaves no gradient behind (it frees them after the
+    backward), so a cell holds only its inputs between calls.
     """
     b, n, c, h = cell["batch"], cell["tokens"], cell["dim"], cell["heads"]
     d = c // h
@@ -112,6 +118,16 @@ def build_operator(cell: Cell, seed: int = 0) -> tuple[Callable, tuple, Callable
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=dev, dtype=dt).requires_grad_(grad)
 
+    def first_input(*shape):  # the generator's first draw: the same values for every variant of a shape
+        key = ("input", shape, dt, dev, grad, seed)
+        if shared is None:
+            return rnd(*shape)
+        if key not in shared:
+            shared[key] = rnd(*shape)
+        else:
+            torch.randn(*shape, generator=gen)  # keep the generator where its own draw would leave it
+        return shared[key]
+
     if base == "tssa":
         from tssa.ops import tssa
 
@@ -120,7 +136,7 @@ def build_operator(cell: Cell, seed: int = 0) -> tuple[Callable, tuple, Callable
         def fn(p, tau):  # p: (B, N, C), the projection output; its head split is a strided view
             return tssa(p.view(b, n, h, d).transpose(1, 2), tau, impl=impl)  # (B, H, N, D)
 
-        args = (rnd(b, n, c), torch.ones(h, device=dev, dtype=dt).requires_grad_(grad))
+        args = (first_input(b, n, c), torch.ones(h, device=dev, dtype=dt).requires_grad_(grad))
     elif base in ("sdpa", "softmax"):
         attend = F.scaled_dot_product_attention if base == "sdpa" else _materialised
 
@@ -128,13 +144,13 @@ def build_operator(cell: Cell, seed: int = 0) -> tuple[Callable, tuple, Callable
             q, k, v = p.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             return attend(q, k, v)
 
-        args = (rnd(b, n, 3 * c),)
+        args = (first_input(b, n, 3 * c),)
     elif base == "floor":
 
         def fn(x, w1, w2):
             return F.linear(F.linear(x, w1), w2)  # (B, N, C) -> (B, N, C) -> (B, N, C)
 
-        args = (rnd(b, n, c), rnd(c, c, scale=c**-0.5), rnd(c, c, scale=c**-0.5))
+        args = (first_input(b, n, c), rnd(c, c, scale=c**-0.5), rnd(c, c, scale=c**-0.5))
     elif base.startswith("layer:"):
         from tssa.nn import SoftmaxAttention, TokenStatisticsAttention
 
@@ -147,20 +163,31 @@ def build_operator(cell: Cell, seed: int = 0) -> tuple[Callable, tuple, Callable
         layer = layer.to(device=dev, dtype=dt).train(grad)
         layer.requires_grad_(grad)
         fn = layer
-        args = (rnd(b, n, c),)
+        args = (first_input(b, n, c),)
     else:  # pragma: no cover - check_variant guards
         raise ValueError(f"unknown operator variant {variant!r}")
     out_shape = (b, h, n, d) if base in CORE else (b, n, c)
-    dy = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(device=dev, dtype=dt)
+    dy_key = ("dy", out_shape, dt, dev, seed)
+    dy = (shared or {}).get(dy_key)
+    if dy is None:
+        dy = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(
+            device=dev, dtype=dt
+        )
+        if shared is not None:
+            shared[dy_key] = dy
 
     if grad:
 
-        def step():
+        def release():
             for a in args:
                 a.grad = None
             if isinstance(fn, torch.nn.Module):
                 fn.zero_grad(set_to_none=True)
+
+        def step():
+            release()
             fn(*args).backward(dy)
+            release()
     else:
 
         def step():
@@ -235,7 +262,7 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
     # sizes of one interleaved group predict from the counted calls of the smaller ones before them
     history = list(ctx.history())
     out: dict[str, Outcome] = {}
-    steps, static = {}, {}
+    steps, static, shared = {}, {}, {}
     for cell in cells:
         need = predicted_peak_bytes(cell)
         if need > budget:
@@ -252,7 +279,7 @@ def _execute(cells: list[Cell], ctx: Context) -> dict[str, Outcome]:
             )
             continue
         try:
-            fn, args, step = build_operator(cell, seed)
+            fn, args, step = build_operator(cell, seed, shared)
             static[cell.id], first = _static_rows(cell, fn, args, step, ctx, op, timeout_s)
             steps[cell.id] = step
             history.append({"metric": "latency_ms", "level": "operator", "error": None, "value": 1e3 * first,
