@@ -30,6 +30,17 @@ forward 13.6-34.1, forward+backward 39.9-57.7, linearity 24.2-29.2. The compiled
 both limits (``stream`` measured 18.2-24.8 and 65.7-77.0 there, at or over them); a doubled fused core
 is caught by the exact gates every time (FLOPs and bytes) and by the forward limit in 2 of 3 runs.
 
+PROOF (2026-12-03, the fused/avx2 core of c9bacb4, AMD EPYC 2 cores, limits unchanged;
+``scripts/perf_gate_record.py --plant P --runs K -- -k "core_speed or linear or exact or layer_forward or
+not_slower"``, and ``-k instructions``): clean 5 + 2 (instructions) runs, 0 false alarms (forward
+core/floor 4.98-8.96, core/naive 0.10-0.15; fwd+bwd core/floor 20.6-30.3, core/naive 0.058-0.080;
+linearity 19.1-23.4; instructions 32.39M / 78.13M against the committed counts); double 3 + 1 runs, every
+run caught (every FLOP and peak-byte gate 3/3, instructions x1.99 / x2.00; the timing limits, set for
+``stream``, caught the forward 1/3 and linearity 1/3); nxn 3 runs, 3 caught (every exact gate, both core
+timings 399-430x the floor, linearity 528-569, layer/projections); slow25 3 + 2 runs: the instruction
+counts caught 2/2 (x1.22 / x1.13), the timing checks 1/3 (no FLOPs or bytes added, by construction).
+The timing limits stay those of ``stream``: on this core they catch the N x N plant, not the double.
+
 RECORD (this machine: Intel Xeon, 2 cores shared with other jobs, which may have run outside
 ``/tmp/train.lock`` on the other core during any of these runs: the noisy condition the checks must
 survive). Every run under ``flock /tmp/train.lock``, ``scripts/perf_gate_record.py --plant P --runs K``.
