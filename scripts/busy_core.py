@@ -27,31 +27,17 @@ import time
 
 def measure(tokens: list[int], rounds: int, heads: int, dim: int, impls: list[str]) -> list[dict]:
     import torch
+    from _core_steps import core_steps
 
-    from tssa.ops import resolve_impl, tssa
+    from tssa.ops import resolve_impl
 
     out = []
     for n in tokens:
-        g = torch.Generator().manual_seed(0)
-        wt = torch.randn(1, n, heads * dim, generator=g, requires_grad=True)
-        tau = torch.ones(heads)
-        gy = torch.randn(1, n, heads, dim, generator=g).transpose(1, 2)
-
-        def heads_view(wt=wt, n=n):
-            return wt.view(1, n, heads, dim).transpose(1, 2)
-
-        def fwd(impl, heads_view=heads_view, tau=tau):
-            def step():
-                with torch.no_grad():
-                    tssa(heads_view(), tau, impl=impl)
-
-            return step
-
-        def fwd_bwd(impl, heads_view=heads_view, tau=tau, wt=wt, gy=gy):
-            return lambda: torch.autograd.grad(tssa(heads_view(), tau, impl=impl), wt, gy)
-
-        for impl, (name, make) in itertools.product(impls, (("forward", fwd), ("forward+backward", fwd_bwd))):
-            core = resolve_impl(impl, heads_view())
+        steps = core_steps(n, heads, dim)
+        for impl, (name, make) in itertools.product(
+            impls, (("forward", steps.forward), ("forward+backward", steps.forward_backward))
+        ):
+            core = resolve_impl(impl, steps.heads_view())
             fn = make(impl)
             calls, times = {}, {1: [], 2: []}
             for t in (1, 2):  # warm-up and the block size: about 20 ms of calls

@@ -22,33 +22,18 @@ def measure(
     tokens: list[int], impls: list[str], heads: int, dim: int, rounds: int, min_run_time: float
 ) -> list:
     import torch
+    from _core_steps import core_steps
 
     from benchmarks.core.measure import time_interleaved
-    from tssa.ops import tssa
 
     torch.set_num_threads(1)
     out = []
     for n in tokens:
-        g = torch.Generator().manual_seed(0)
-        wt = torch.randn(1, n, heads * dim, generator=g, requires_grad=True)
-        tau = torch.ones(heads)
-        gy = torch.randn(1, n, heads, dim, generator=g).transpose(1, 2)
-        w_, buf = wt.detach(), torch.empty_like(wt.detach())
+        core = core_steps(n, heads, dim)
+        w_ = core.wt.detach()
+        buf = torch.empty_like(w_)
 
-        def heads_view(wt=wt, n=n):
-            return wt.view(1, n, heads, dim).transpose(1, 2)
-
-        def fwd(impl, heads_view=heads_view, tau=tau):
-            def step():
-                with torch.no_grad():
-                    tssa(heads_view(), tau, impl=impl)
-
-            return step
-
-        def fwd_bwd(impl, heads_view=heads_view, tau=tau, wt=wt, gy=gy):
-            return lambda: torch.autograd.grad(tssa(heads_view(), tau, impl=impl), wt, gy)
-
-        for pass_, make in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        for pass_, make in (("fwd", core.forward), ("fwd+bwd", core.forward_backward)):
             steps = {"floor": lambda w_=w_, buf=buf: torch.neg(w_, out=buf)}
             steps |= {impl: make(impl) for impl in impls}
             for first_call in steps.values():  # first calls: the extension's build, the allocator's blocks
