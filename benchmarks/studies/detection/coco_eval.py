@@ -184,8 +184,8 @@ def load_predictions(gt: COCO, predictions: str | os.PathLike | list[dict]) -> l
 
 def _load_res(gt: COCO, preds: list[dict]) -> COCO:
     if preds:
-        with _quiet():
-            return gt.loadRes(copy.deepcopy(preds))
+        with _quiet():  # loadRes only adds keys (segmentation, area, id, iscrowd) to each record: copy the records
+            return gt.loadRes([dict(p) for p in preds])
     empty = COCO()  # pycocotools' loadRes cannot take an empty list
     empty.dataset = {
         "images": list(gt.dataset["images"]),
