@@ -60,7 +60,6 @@ def test_perfect_detections_give_ap_one():
     assert np.isnan(r["ap_occ_partial"]) and np.isnan(r["recall_occ_partial"])  # no ground truth there
 
 
-
 def test_the_callers_predictions_are_left_as_they_were():
     # pycocotools' loadRes adds keys (segmentation, area, id, iscrowd) to every record it is given:
     # the evaluator hands it copies, so the same list evaluates again to the same numbers
@@ -71,6 +70,8 @@ def test_the_callers_predictions_are_left_as_they_were():
     again = evaluate_detections(GT, preds)
     assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
     assert first["map50_95"] < 1.0  # the confident false positive counts
+
+
 def test_one_miss_halves_recall():
     r = evaluate_detections(GT, [det(A, 0.9)])
     # precision 1 up to recall 0.5 (51 of COCO's 101 recall points), 0 beyond

@@ -184,7 +184,8 @@ def load_predictions(gt: COCO, predictions: str | os.PathLike | list[dict]) -> l
 
 def _load_res(gt: COCO, preds: list[dict]) -> COCO:
     if preds:
-        with _quiet():  # loadRes only adds keys (segmentation, area, id, iscrowd) to each record: copy the records
+        # loadRes only adds keys (segmentation, area, id, iscrowd) to each record: copies of the records do
+        with _quiet():
             return gt.loadRes([dict(p) for p in preds])
     empty = COCO()  # pycocotools' loadRes cannot take an empty list
     empty.dataset = {
