@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from benchmarks.studies.detection.coco_eval import (
     SubsetCOCOeval,
+    _load_res,
     evaluate_detections,
     faster_coco_map,
     load_gt,
@@ -61,10 +62,13 @@ def test_perfect_detections_give_ap_one():
 
 
 def test_the_callers_predictions_are_left_as_they_were():
-    # pycocotools' loadRes adds keys (segmentation, area, id, iscrowd) to every record it is given:
-    # the evaluator hands it copies, so the same list evaluates again to the same numbers
+    # pycocotools' loadRes adds keys (segmentation, area, id, iscrowd) to every record it is given: the
+    # evaluator hands it copies, so the records it loads twice (all, and the confident ones for recall)
+    # keep their own ids, and the same list evaluates again to the same numbers
     preds = [det(A, 0.9), det([80, 0, 10, 10], 0.95), det(B, 0.8)]
     before = copy.deepcopy(preds)
+    coco = _load_res(load_gt(GT), preds)
+    assert preds == before and len(coco.dataset["annotations"]) == 3
     first = evaluate_detections(GT, preds)
     assert preds == before
     again = evaluate_detections(GT, preds)
