@@ -244,3 +244,21 @@ def test_the_avx2_and_baseline_builds_give_the_same_bits(tmp_path):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             assert x.dtype == y.dtype and torch.equal(x, y), (i, (x - y).abs().max())
+
+
+def test_the_kernels_exp_is_the_c_librarys_for_every_float32():
+    """The memberships' softmax runs the kernels' own float32 exp (glibc's expf algorithm written out, 8
+    lanes at once in the AVX2 build, one at a time in the baseline build). Where the C library is glibc
+    2.28 or newer on an x86-64 CPU with FMA, both must equal ``std::exp`` in every bit for all 2^32
+    float32 bit patterns: the kernels called ``std::exp`` before, so their results are unchanged."""
+    import platform
+
+    libc, version = platform.libc_ver()
+    release = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if platform.machine() != "x86_64" or libc != "glibc" or release < (2, 28) or fused_mod.isa() != "avx2":
+        pytest.skip(
+            f"the exp mirrors glibc >= 2.28 on x86-64 with FMA; here {platform.machine()} {libc} {version}"
+        )
+    assert torch.ops.tssa_cpu.exp_mismatches(0, 2**32) == 0
+    with pytest.raises(RuntimeError, match="lo <= hi"):
+        torch.ops.tssa_cpu.exp_mismatches(5, 4)

@@ -4,7 +4,9 @@ Same mathematics as :mod:`tssa.ops.naive` (Wu et al., "Token Statistics Transfor
 Eq. 10-12) and the same layout as :mod:`tssa.ops.stream`: the layer hands the core a (B, H, N, D)
 *view* of a token-major (B, N, H, D) buffer, and the kernels (``csrc/tssa_cpu.cpp``, a C++ extension
 built at first use) read that memory directly. Inputs in another layout are copied to token-major
-once. Each pass walks every token once, fused into one loop instead of a chain of tensor ops:
+once. Each pass walks every token once, fused into one loop instead of a chain of tensor ops (four
+consecutive tokens per step where the pass sums over tokens, with the same operations in the same
+order as one token at a time, so that a row of partial sums is loaded and stored once per four tokens):
 
 - forward: column energies ``colsq[h, d] = sum_n w^2``; memberships ``Pi = softmax_h(tau q)`` with
   ``q = sum_d w^2 / colsq (+ D bias)`` and the weighted moment ``m = sum_n Pi w^2 / total``; the
@@ -15,7 +17,11 @@ once. Each pass walks every token once, fused into one loop instead of a chain o
 Saved for backward: ``w``, ``Pi`` (B, N, H) and (B, H, D) float64 statistics; backward holds one
 (B, N, H) buffer besides ``dW``. Per-token arithmetic runs in the input dtype (float32 or float64;
 float16/bfloat16 are refused, the caller falls back); sums over tokens run in the input dtype over
-blocks of 32 tokens and in float64 beyond, the statistics are float64.
+blocks of 32 tokens and in float64 beyond, the statistics are float64. The softmax's float32 exp is
+the kernels' own, 8 lanes at once: glibc's ``expf`` algorithm (2.28+, FMA form) written out, equal to
+``std::exp`` in every bit for every float32 where the C library is glibc on an x86-64 CPU with FMA
+(``torch.ops.tssa_cpu.exp_mismatches(0, 2**32)`` counts the patterns that differ: 0 there), and the
+same in both builds everywhere else (float64 keeps ``std::exp``).
 
 Determinism: the tokens are cut into chunks whose size depends on the shape only
 (:func:`chunk_tokens`); threads (``at::parallel_for``) take whole chunks, each chunk writes its partial

@@ -14,6 +14,10 @@
 // slots; the (H, D) / (H,) statistics are float64. Sums over d (a head's feature row) use kLanes
 // fixed lanes combined in a fixed order, which the compiler can vectorise without -ffast-math.
 //
+// Blocks of tokens: the passes that sum over tokens (forward 1 and 2, backward A and B) run kTok
+// consecutive tokens per call of a blocked kernel (the tokens left over one at a time), with the same
+// operations in the same order as kTok calls of the one-token kernel, so their bits do not depend on it.
+//
 // Memory: besides the output (Y or dW) the only token-sized buffers are (B, N, H): the memberships Pi
 // kept from forward, and one buffer in backward (dPi1, then overwritten by tau * dS).
 
@@ -26,10 +30,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define TSSA_VECTOR_EXP 1
+#endif
 
 namespace {
 
@@ -134,6 +146,109 @@ void check_like(const char* op, const char* name, const Tensor& t, at::IntArrayR
 }
 
 // ---------------------------------------------------------------------------------------------------
+// exp of float32, the memberships' softmax. The kernels' own exp, written out so that no libm decides
+// its bits: the algorithm of glibc's expf since 2.28 (Arm's optimized routines) in the form glibc runs
+// on CPUs with FMA: x * 32 / ln 2 = k + r, 2^(k/32) from a 32-entry table, 2^(r/32) from a cubic in r,
+// in float64, rounded to float32 once. Same algorithm, same constants, same fused multiply-adds, so
+// exp_f(x) == std::exp(x) bit for bit where the C library is glibc on an x86-64 CPU with FMA (every
+// float32 checked, tssa_cpu::exp_mismatches; before these kernels the softmax called std::exp, so the
+// core's results did not change). exp8 computes 8 lanes at once with the same operations (AVX2 + FMA
+// build); the baseline build runs exp_f, whose std::fma is exact on every CPU, so both builds agree.
+// float64 inputs keep std::exp.
+
+constexpr double kExp2Tab[32] = {  // 2^(i/32), rounded to nearest
+    0x1.0000000000000p+0, 0x1.059b0d3158574p+0, 0x1.0b5586cf9890fp+0, 0x1.11301d0125b51p+0,
+    0x1.172b83c7d517bp+0, 0x1.1d4873168b9aap+0, 0x1.2387a6e756238p+0, 0x1.29e9df51fdee1p+0,
+    0x1.306fe0a31b715p+0, 0x1.371a7373aa9cbp+0, 0x1.3dea64c123422p+0, 0x1.44e086061892dp+0,
+    0x1.4bfdad5362a27p+0, 0x1.5342b569d4f82p+0, 0x1.5ab07dd485429p+0, 0x1.6247eb03a5585p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.71f75e8ec5f74p+0, 0x1.7a11473eb0187p+0, 0x1.82589994cce13p+0,
+    0x1.8ace5422aa0dbp+0, 0x1.93737b0cdc5e5p+0, 0x1.9c49182a3f090p+0, 0x1.a5503b23e255dp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b7f76f2fb5e47p+0, 0x1.c199bdd85529cp+0, 0x1.cb720dcef9069p+0,
+    0x1.d5818dcfba487p+0, 0x1.dfc97337b9b5fp+0, 0x1.ea4afa2a490dap+0, 0x1.f50765b6e4540p+0,
+};
+
+struct ExpTable {  // bits of 2^(i/32) less i << 47, so that adding k << 47 scales by 2^floor(k/32)
+  uint64_t bits[32];
+  constexpr ExpTable() : bits() {
+    for (int i = 0; i < 32; ++i) bits[i] = std::bit_cast<uint64_t>(kExp2Tab[i]) - (uint64_t(i) << 47);
+  }
+};
+constexpr ExpTable kExpTab{};
+constexpr double kExpInvLn2N = 0x1.71547652b82fep+5;  // 32 / ln 2
+constexpr double kExpShift = 0x1.8p+52;                // rounds k to an integer in the low bits
+constexpr double kExpC0 = 0x1.c6af84b912394p-20, kExpC1 = 0x1.ebfce50fac4f3p-13, kExpC2 = 0x1.62e42ff0c52d6p-6;
+
+inline float exp_f(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  const uint32_t abstop = (u >> 20) & 0x7ff;
+  if (abstop >= 0x42b) [[unlikely]] {  // |x| >= 88, inf or nan
+    if (u == 0xff800000u) return 0.0f;                              // exp(-inf)
+    if (abstop >= 0x7f8) return x + x;                              // nan, +inf
+    if (x > 0x1.62e42ep6f) return std::numeric_limits<float>::infinity();  // overflow
+    if (x < -0x1.9fe368p6f) return 0.0f;                            // underflow
+  }
+  const double xd = x;
+  double kd = std::fma(kExpInvLn2N, xd, kExpShift);
+  const uint64_t ki = std::bit_cast<uint64_t>(kd);
+  kd -= kExpShift;
+  const double r = std::fma(kExpInvLn2N, xd, -kd);
+  const double sc = std::bit_cast<double>(kExpTab.bits[ki & 31] + (ki << 47));
+  const double z = std::fma(kExpC0, r, kExpC1);
+  const double r2 = r * r;
+  double y = std::fma(kExpC2, r, 1.0);
+  y = std::fma(z, r2, y);
+  return static_cast<float>(y * sc);
+}
+
+#ifdef TSSA_VECTOR_EXP
+inline __m128 exp4_main(__m128 x) {  // exp_f's main path for 4 lanes with |x| < 88
+  const __m256d xd = _mm256_cvtps_pd(x);
+  const __m256d inv = _mm256_set1_pd(kExpInvLn2N), shift = _mm256_set1_pd(kExpShift);
+  __m256d kd = _mm256_fmadd_pd(inv, xd, shift);
+  const __m256i ki = _mm256_castpd_si256(kd);
+  kd = _mm256_sub_pd(kd, shift);
+  const __m256d r = _mm256_fmsub_pd(inv, xd, kd);
+  const __m256i idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+  __m256i t = _mm256_i64gather_epi64(reinterpret_cast<const long long*>(kExpTab.bits), idx, 8);
+  t = _mm256_add_epi64(t, _mm256_slli_epi64(ki, 47));
+  const __m256d z = _mm256_fmadd_pd(_mm256_set1_pd(kExpC0), r, _mm256_set1_pd(kExpC1));
+  const __m256d r2 = _mm256_mul_pd(r, r);
+  __m256d y = _mm256_fmadd_pd(_mm256_set1_pd(kExpC2), r, _mm256_set1_pd(1.0));
+  y = _mm256_fmadd_pd(z, r2, y);
+  return _mm256_cvtpd_ps(_mm256_mul_pd(y, _mm256_castsi256_pd(t)));
+}
+
+inline void exp8(float* __restrict__ v) {
+  const __m256 x = _mm256_loadu_ps(v);
+  const __m256i abstop = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(x), 20), _mm256_set1_epi32(0x7ff));
+  const int special = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(abstop, _mm256_set1_epi32(0x42a))));
+  float in[8];
+  if (special) [[unlikely]] _mm256_storeu_ps(in, x);
+  _mm_storeu_ps(v, exp4_main(_mm256_castps256_ps128(x)));
+  _mm_storeu_ps(v + 4, exp4_main(_mm256_extractf128_ps(x, 1)));
+  if (special) [[unlikely]] {
+    for (int l = 0; l < 8; ++l) {
+      if (special & (1 << l)) v[l] = exp_f(in[l]);
+    }
+  }
+}
+#endif
+
+// v[i] = exp(v[i]), i < n
+template <typename T>
+inline void exp_row(T* __restrict__ v, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    int64_t i = 0;
+#ifdef TSSA_VECTOR_EXP
+    for (; i + 8 <= n; i += 8) exp8(v + i);
+#endif
+    for (; i < n; ++i) v[i] = exp_f(v[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) v[i] = std::exp(v[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Per-token kernels. x: one token's C = H * D values; `bias` is null or the token's column of bias
 // with stride N (bias[h * N]).
 
@@ -159,11 +274,10 @@ inline void tok_membership(const T* __restrict__ x, const T* __restrict__ r, con
     s[h] = tau[h] * q;
     smax = std::max(smax, s[h]);
   }
+  for (int64_t h = 0; h < H; ++h) s[h] -= smax;
+  exp_row<T>(s, H);
   T den = 0;
-  for (int64_t h = 0; h < H; ++h) {
-    s[h] = std::exp(s[h] - smax);
-    den += s[h];
-  }
+  for (int64_t h = 0; h < H; ++h) den += s[h];
   for (int64_t h = 0; h < H; ++h) {
     const T p = s[h] / den;
     pi[h] = p;
@@ -171,6 +285,89 @@ inline void tok_membership(const T* __restrict__ x, const T* __restrict__ r, con
     T* __restrict__ a = acc + h * D;
     const T* __restrict__ sqh = sq + h * D;
     for (int64_t d = 0; d < D; ++d) a[d] += p * sqh[d];
+  }
+}
+
+// The blocked kernels below run kTok consecutive tokens (rows x + j * C, j < kTok) at once: the same
+// operations in the same order as kTok calls of the one-token kernel (every sum over tokens still adds
+// token j before token j + 1), so the results are bit-identical; the accumulator row and the per-head
+// constants are loaded once per kTok tokens instead of once per token.
+constexpr int kTok = 4;
+
+// lane_dot of kTok rows a + j * stride with the same b: out[j] = lane_dot(a + j * stride, b, n)
+template <typename T>
+inline void lane_dot_rows(const T* __restrict__ a, int64_t stride, const T* __restrict__ b, int64_t n,
+                          T* __restrict__ out) {
+  T lane[kTok][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kTok; ++j) {
+      for (int l = 0; l < kLanes; ++l) lane[j][l] += a[j * stride + i + l] * b[i + l];
+    }
+  }
+  for (int j = 0; j < kTok; ++j) {
+    for (int64_t ii = i, l = 0; ii < n; ++ii, ++l) lane[j][l] += a[j * stride + ii] * b[ii];
+    const T* v = lane[j];
+    out[j] = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+  }
+}
+
+// acc += x_j^2, j < kTok, in token order
+template <typename T>
+inline void toks_sq_acc(const T* __restrict__ x, T* __restrict__ acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    T a = acc[c];
+    for (int j = 0; j < kTok; ++j) a += x[j * C + c] * x[j * C + c];
+    acc[c] = a;
+  }
+}
+
+// tok_membership for kTok tokens: pi rows pi + j * H, bias columns bias + j (or null); sq: kTok * C, s: kTok * H
+template <typename T, int KD>
+inline void toks_membership(const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ tau,
+                            const T* __restrict__ bias, int64_t N, int64_t H, int64_t Drt,
+                            T* __restrict__ pi, T* __restrict__ acc, T* __restrict__ acc_t,
+                            T* __restrict__ sq, T* __restrict__ s) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  const T Dt = static_cast<T>(D);
+  for (int64_t c = 0; c < kTok * C; ++c) sq[c] = x[c] * x[c];
+  T q[kTok];
+  for (int64_t h = 0; h < H; ++h) {
+    lane_dot_rows<T>(sq + h * D, C, r + h * D, D, q);
+    for (int j = 0; j < kTok; ++j) {
+      T qj = q[j];
+      if (bias) qj += Dt * bias[j + h * N];
+      s[j * H + h] = tau[h] * qj;
+    }
+  }
+  for (int j = 0; j < kTok; ++j) {
+    T* __restrict__ sj = s + j * H;
+    T smax = -std::numeric_limits<T>::infinity();
+    for (int64_t h = 0; h < H; ++h) smax = std::max(smax, sj[h]);
+    for (int64_t h = 0; h < H; ++h) sj[h] -= smax;
+  }
+  exp_row<T>(s, kTok * H);
+  for (int j = 0; j < kTok; ++j) {
+    const T* __restrict__ sj = s + j * H;
+    T den = 0;
+    for (int64_t h = 0; h < H; ++h) den += sj[h];
+    for (int64_t h = 0; h < H; ++h) pi[j * H + h] = sj[h] / den;
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    T p[kTok];
+    T at = acc_t[h];
+    for (int j = 0; j < kTok; ++j) {
+      p[j] = pi[j * H + h];
+      at += p[j];
+    }
+    acc_t[h] = at;
+    T* __restrict__ a = acc + h * D;
+    const T* __restrict__ sqh = sq + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      T v = a[d];
+      for (int j = 0; j < kTok; ++j) v += p[j] * sqh[j * C + d];
+      a[d] = v;
+    }
   }
 }
 
@@ -234,6 +431,76 @@ inline void tok_grad_b(const T* __restrict__ x, const T* __restrict__ pi, const 
   }
 }
 
+// tok_grad_a for kTok tokens: dpi1 rows dpi1 + j * H, pi rows pi + j * H; gw: kTok * C
+template <typename T, int KD>
+inline void toks_grad_a(const T* __restrict__ x, const T* __restrict__ gr, const T* __restrict__ g,
+                        const T* __restrict__ pi, int64_t H, int64_t Drt, T* __restrict__ dpi1,
+                        T* __restrict__ acc, T* __restrict__ gw) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  for (int64_t c = 0; c < kTok * C; ++c) gw[c] = gr[c] * x[c];
+  T dots[kTok];
+  for (int64_t h = 0; h < H; ++h) {
+    const T* __restrict__ gwh = gw + h * D;
+    lane_dot_rows<T>(gwh, C, g + h * D, D, dots);
+    T p[kTok];
+    for (int j = 0; j < kTok; ++j) {
+      dpi1[j * H + h] = -dots[j];
+      p[j] = pi[j * H + h];
+    }
+    T* __restrict__ a = acc + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      T v = a[d];
+      for (int j = 0; j < kTok; ++j) v += p[j] * gwh[j * C + d];
+      a[d] = v;
+    }
+  }
+}
+
+// tok_grad_b for kTok tokens: pi and bn rows + j * H, bias columns bias + j; sq: kTok * C; dp, q: kTok * H
+template <typename T, int KD>
+inline void toks_grad_b(const T* __restrict__ x, const T* __restrict__ pi, const T* __restrict__ r,
+                        const T* __restrict__ da, const T* __restrict__ dtot, const T* __restrict__ tau,
+                        const T* __restrict__ bias, int64_t N, int64_t H, int64_t Drt, T* __restrict__ bn,
+                        T* __restrict__ acc, T* __restrict__ acc_t, T* __restrict__ sq,
+                        T* __restrict__ dp, T* __restrict__ q) {
+  const int64_t D = KD > 0 ? KD : Drt, C = H * D;
+  const T Dt = static_cast<T>(D);
+  for (int64_t c = 0; c < kTok * C; ++c) sq[c] = x[c] * x[c];
+  T sdp[kTok] = {}, qs[kTok], ds_[kTok];
+  for (int64_t h = 0; h < H; ++h) {
+    const T* __restrict__ sqh = sq + h * D;
+    lane_dot_rows<T>(sqh, C, r + h * D, D, qs);
+    lane_dot_rows<T>(sqh, C, da + h * D, D, ds_);
+    for (int j = 0; j < kTok; ++j) {
+      T qj = qs[j];
+      if (bias) qj += Dt * bias[j + h * N];
+      q[j * H + h] = qj;
+      const T dpj = ds_[j] + bn[j * H + h] + dtot[h];
+      dp[j * H + h] = dpj;
+      sdp[j] += pi[j * H + h] * dpj;
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    T td[kTok];
+    T at = acc_t[h];
+    for (int j = 0; j < kTok; ++j) {
+      const int64_t i = j * H + h;
+      const T ds = pi[i] * (dp[i] - sdp[j]);
+      at += ds * q[i];
+      td[j] = ds * tau[h];
+      bn[i] = td[j];
+    }
+    acc_t[h] = at;
+    T* __restrict__ a = acc + h * D;
+    const T* __restrict__ sqh = sq + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      T v = a[d];
+      for (int j = 0; j < kTok; ++j) v += td[j] * sqh[j * C + d];
+      a[d] = v;
+    }
+  }
+}
+
 // backward pass C: dw = x (pi da2 + td r2 + dcol2) + G pi (-g)
 template <typename T, int KD>
 inline void tok_grad_c(const T* __restrict__ x, const T* __restrict__ gr, const T* __restrict__ pi,
@@ -273,7 +540,10 @@ std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::opti
     double* slot = PART + (b * K + k) * C;
     std::fill(slot, slot + C, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) tok_sq_acc<T>(W + (b * N + n) * C, blk.data(), C);
+      const int64_t ne = std::min(n1, nb + kBlock);
+      int64_t n = nb;
+      for (; n + kTok <= ne; n += kTok) toks_sq_acc<T>(W + (b * N + n) * C, blk.data(), C);
+      for (; n < ne; ++n) tok_sq_acc<T>(W + (b * N + n) * C, blk.data(), C);
       flush<T>(blk.data(), slot, C);
     }
   });
@@ -292,13 +562,19 @@ std::vector<Tensor> fwd_impl(const Tensor& w, const Tensor& tau, const std::opti
   Tensor part_t = at::empty({B, K, H}, f64);
   double* PART_T = part_t.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(C), s(H);
+    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(kTok * C), s(kTok * H);
     double* slot = PART + (b * K + k) * C;
     double* slot_t = PART_T + (b * K + k) * H;
     std::fill(slot, slot + C, 0.0);
     std::fill(slot_t, slot_t + H, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+      const int64_t ne = std::min(n1, nb + kBlock);
+      int64_t n = nb;
+      for (; n + kTok <= ne; n += kTok) {
+        toks_membership<T, KD>(W + (b * N + n) * C, rT.data() + b * C, TAU, BIAS ? BIAS + n : nullptr, N, H, D,
+                               PI + (b * N + n) * H, blk.data(), blk_t.data(), sq.data(), s.data());
+      }
+      for (; n < ne; ++n) {
         tok_membership<T, KD>(W + (b * N + n) * C, rT.data() + b * C, TAU, BIAS ? BIAS + n : nullptr, N, H, D,
                               PI + (b * N + n) * H, blk.data(), blk_t.data(), sq.data(), s.data());
       }
@@ -363,11 +639,18 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   Tensor part = at::empty({B, K, C}, f64);
   double* PART = part.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C, T(0)), gw(C);
+    std::vector<T> blk(C, T(0)), gw(kTok * C);
     double* slot = PART + (b * K + k) * C;
     std::fill(slot, slot + C, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+      const int64_t ne = std::min(n1, nb + kBlock);
+      int64_t n = nb;
+      for (; n + kTok <= ne; n += kTok) {
+        const int64_t t = b * N + n;
+        toks_grad_a<T, KD>(W + t * C, GR + t * C, gT.data() + b * C, PI + t * H, H, D, BUF + t * H, blk.data(),
+                           gw.data());
+      }
+      for (; n < ne; ++n) {
         const int64_t t = b * N + n;
         tok_grad_a<T, KD>(W + t * C, GR + t * C, gT.data() + b * C, PI + t * H, H, D, BUF + t * H, blk.data(),
                           gw.data());
@@ -395,13 +678,21 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   Tensor part_t = at::empty({B, K, H}, f64);
   double* PART_T = part_t.data_ptr<double>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t k, int64_t n0, int64_t n1) {
-    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(C), dp(H), q(H);
+    std::vector<T> blk(C, T(0)), blk_t(H, T(0)), sq(kTok * C), dp(kTok * H), q(kTok * H);
     double* slot = PART + (b * K + k) * C;
     double* slot_t = PART_T + (b * K + k) * H;
     std::fill(slot, slot + C, 0.0);
     std::fill(slot_t, slot_t + H, 0.0);
     for (int64_t nb = n0; nb < n1; nb += kBlock) {
-      for (int64_t n = nb, ne = std::min(n1, nb + kBlock); n < ne; ++n) {
+      const int64_t ne = std::min(n1, nb + kBlock);
+      int64_t n = nb;
+      for (; n + kTok <= ne; n += kTok) {
+        const int64_t t = b * N + n;
+        toks_grad_b<T, KD>(W + t * C, PI + t * H, rT.data() + b * C, daT.data() + b * C, dtotT.data() + b * H, TAU,
+                           BIAS ? BIAS + n : nullptr, N, H, D, BUF + t * H, blk.data(), blk_t.data(), sq.data(),
+                           dp.data(), q.data());
+      }
+      for (; n < ne; ++n) {
         const int64_t t = b * N + n;
         tok_grad_b<T, KD>(W + t * C, PI + t * H, rT.data() + b * C, daT.data() + b * C, dtotT.data() + b * H, TAU,
                           BIAS ? BIAS + n : nullptr, N, H, D, BUF + t * H, blk.data(), blk_t.data(), sq.data(),
@@ -508,6 +799,31 @@ std::vector<Tensor> bwd(const Tensor& grad_tm, const Tensor& w_tm, const Tensor&
   return out;
 }
 
+// Float32 bit patterns in [lo, hi) (as uint32) whose exp_f or exp_row differs from std::exp in any bit
+// (a nan matching a nan counts as equal): the check that the kernels' exp is the C library's here.
+int64_t exp_mismatches(int64_t lo, int64_t hi) {
+  TORCH_CHECK(0 <= lo && lo <= hi && hi <= (int64_t(1) << 32), "exp_mismatches: need 0 <= lo <= hi <= 2^32");
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(lo, hi, 1 << 16, [&](int64_t b, int64_t e) {
+    int64_t local = 0;
+    float v[64], x[64];
+    for (int64_t i = b; i < e; i += 64) {
+      const int64_t n = std::min<int64_t>(64, e - i);
+      for (int64_t k = 0; k < n; ++k) x[k] = v[k] = std::bit_cast<float>(static_cast<uint32_t>(i + k));
+      exp_row<float>(v, n);
+      for (int64_t k = 0; k < n; ++k) {
+        const float ref = std::exp(x[k]), one = exp_f(x[k]);
+        const bool both_nan = std::isnan(ref) && std::isnan(v[k]) && std::isnan(one);
+        if (!both_nan && (std::bit_cast<uint32_t>(ref) != std::bit_cast<uint32_t>(v[k]) ||
+                          std::bit_cast<uint32_t>(ref) != std::bit_cast<uint32_t>(one)))
+          ++local;
+      }
+    }
+    bad += local;
+  });
+  return bad.load();
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tssa_cpu, m) {
@@ -517,6 +833,7 @@ TORCH_LIBRARY(tssa_cpu, m) {
   m.def(
       "bwd(Tensor grad_tm, Tensor w_tm, Tensor tau, Tensor? bias, Tensor pi, Tensor colsq, Tensor r, "
       "Tensor total, Tensor m, Tensor g, int chunk, float sq_eps) -> Tensor[]");
+  m.def("exp_mismatches(int lo, int hi) -> int", &exp_mismatches);
 }
 
 TORCH_LIBRARY_IMPL(tssa_cpu, CPU, m) {
