@@ -262,3 +262,86 @@ def test_the_kernels_exp_is_the_c_librarys_for_every_float32():
     assert torch.ops.tssa_cpu.exp_mismatches(0, 2**32) == 0
     with pytest.raises(RuntimeError, match="lo <= hi"):
         torch.ops.tssa_cpu.exp_mismatches(5, 4)
+
+
+def test_backward_over_w_writes_the_same_gradient_into_w():
+    """``tssa_cpu::bwd_over_w`` is ``bwd`` with dW written over ``w_tm``: the same bits, in that buffer."""
+    for shape in SHAPES:
+        w, tau, pb, grad = _inputs(shape, bias=True)
+        wt, gt = w.transpose(1, 2).contiguous(), grad.transpose(1, 2).contiguous()
+        step = chunk_tokens(shape[1] * shape[3], shape[2])
+        f = torch.ops.tssa_cpu.fwd(wt, tau, pb, step, fused_mod._SQ_EPS, fused_mod.MEMBERSHIP_EPS)
+        ref = torch.ops.tssa_cpu.bwd(gt, wt, tau, pb, *f[1:], step, fused_mod._SQ_EPS)
+        buf = wt.clone()
+        outs = torch.ops.tssa_cpu.bwd_over_w(gt, buf, tau, pb, *f[1:], step, fused_mod._SQ_EPS)
+        assert torch.equal(buf, ref[0]) and not torch.equal(buf, wt), shape
+        assert len(outs) == 2 and torch.equal(outs[0], ref[1]) and torch.equal(outs[1], ref[2]), shape
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True], ids=["no_qkv_bias", "qkv_bias"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_recomputed_projection_gives_the_same_bits(qkv_bias, bias):
+    """``projection=(x, weight, qkv_bias)``: w recomputed in backward, dW written over it; the output and
+    every gradient (x, both weights, tau, bias) equal the path that saves w, bit for bit."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    b, n, h, d = 2, 197, 4, 48
+    x = torch.randn(b, n, h * d, generator=g, requires_grad=True)
+    weight = (torch.randn(h * d, h * d, generator=g) / 20).requires_grad_()
+    qb = torch.randn(h * d, generator=g).requires_grad_() if qkv_bias else None
+    tau = (torch.rand(h, generator=g) + 0.5).requires_grad_()
+    pb = torch.randn(h, n, generator=g).requires_grad_() if bias else None
+    gy = torch.randn(b, h, n, d, generator=g)
+    leaves = [t for t in (x, weight, qb, tau, pb) if t is not None]
+    runs = []
+    for projection in (False, True):
+        w = F.linear(x, weight, qb).view(b, n, h, d).transpose(1, 2)
+        y = tssa_fused(w, tau, pb, projection=(x, weight, qb) if projection else None)
+        runs.append((y.detach(), torch.autograd.grad(y, leaves, gy)))
+    (y0, g0), (y1, g1) = runs
+    assert torch.equal(y0, y1)
+    assert all(torch.equal(a, c) for a, c in zip(g0, g1))
+    with pytest.raises(ValueError, match="cannot have made w"):
+        tssa_fused(w, tau, pb, projection=(x[:, :5], weight, qb))
+
+
+def test_layer_recomputes_w_and_holds_one_buffer_less():
+    """The TSSA layer on the fused core (``recompute=True``, the default) gives the same output and
+    gradients as with ``recompute=False`` (and as with a hooked ``qkv``, which keeps its module call),
+    and its forward+backward peak is lower by about one (B, N, C) float32 buffer."""
+    from benchmarks.core.measure import measure_peak_bytes
+    from tssa.nn import TokenStatisticsAttention
+
+    torch.manual_seed(0)
+    b, n, c = 1, 2048, 192
+    on = TokenStatisticsAttention(c, 4, qkv_bias=True)
+    off = TokenStatisticsAttention(c, 4, qkv_bias=True, recompute=False)
+    hooked = TokenStatisticsAttention(c, 4, qkv_bias=True)
+    off.load_state_dict(on.state_dict())
+    hooked.load_state_dict(on.state_dict())
+    hooked.qkv.register_forward_hook(lambda *args: None)
+    x = torch.randn(b, n, c, requires_grad=True)
+    dy = torch.randn(b, n, c)
+    assert on._projection(x) is not None and off._projection(x) is None and hooked._projection(x) is None
+    with torch.no_grad():
+        assert on._projection(x) is None  # no gradient: nothing to save, nothing to recompute
+    results = []
+    for layer in (on, off, hooked):
+        y = layer(x)
+        results.append((y.detach(), torch.autograd.grad(y, [x, *layer.parameters()], dy)))
+    for y, grads in results[1:]:
+        assert torch.equal(y, results[0][0])
+        assert all(torch.equal(a, c) for a, c in zip(grads, results[0][1]))
+
+    def step(layer):
+        def run():
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+            layer(x).backward(dy)
+
+        return run
+
+    saved = measure_peak_bytes(step(off), "cpu") - measure_peak_bytes(step(on), "cpu")
+    buffer = b * n * c * 4
+    assert 0.9 * buffer <= saved <= 1.1 * buffer, (saved, buffer)

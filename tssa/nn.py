@@ -61,7 +61,11 @@ class TokenStatisticsAttention(_TokenMixer):
     ``max_len`` set, a learned per-head, per-position bias ``pos_bias`` (H, max_len), initialised to
     0, is added to the normalised squares (the official language layer's ``denom_bias``).
     ``proj_bias=False`` drops the output projection's bias (the official language layer with
-    ``bias=False``); the official vision layer always has it.
+    ``bias=False``); the official vision layer always has it. ``recompute=True`` lets a core that can
+    (``fused``, CPU) recompute ``W = qkv(x)`` in backward instead of keeping it from forward: the same
+    outputs and gradients bit for bit, one (B, N, C) buffer less at the training step's peak (the
+    layer's peak then equals its two projections' alone), one more ``qkv`` projection in backward
+    (forward+backward about 17 % slower at C = 384 on one CPU thread); ``False`` keeps ``W``.
 
     >>> attn = TokenStatisticsAttention(64, num_heads=4)
     >>> attn(torch.randn(2, 100, 64)).shape
@@ -80,10 +84,12 @@ class TokenStatisticsAttention(_TokenMixer):
         impl: str = "auto",
         max_len: int | None = None,
         proj_bias: bool = True,
+        recompute: bool = True,
     ) -> None:
         super().__init__(dim, num_heads)
         self.causal = causal
         self.impl = impl
+        self.recompute = recompute
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim, bias=qkv_bias)
         self.temp = nn.Parameter(torch.ones(num_heads, 1))
@@ -183,12 +189,29 @@ class TokenStatisticsAttention(_TokenMixer):
         layer.load_state_dict(renamed, strict=True)
         return layer
 
+    def _projection(self, x: torch.Tensor) -> tuple | None:  # modules pickled before `recompute` lack it
+        """``(x, qkv.weight, qkv.bias)`` for the core to recompute ``w`` from in backward
+        (:func:`tssa.ops.tssa`'s ``projection``), or None: only while a gradient is being taken, with
+        nothing dropping entries of the gate, and ``qkv`` a plain ``nn.Linear`` without hooks of its
+        own, so that ``F.linear(x, qkv.weight, qkv.bias)`` is what made ``w``. Global module hooks
+        (profilers, ``FlopCounterMode``'s tracker) are assumed to leave outputs as they are; one that
+        replaces ``qkv``'s output needs ``recompute=False``."""
+        if (
+            not getattr(self, "recompute", True)
+            or not torch.is_grad_enabled()
+            or (self.training and self.attn_drop > 0.0)
+        ):
+            return None
+        if type(self.qkv) is not nn.Linear or self.qkv._forward_hooks or self.qkv._forward_pre_hooks:
+            return None
+        return (x, self.qkv.weight, self.qkv.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        w = _split_heads(self.qkv(x), self.num_heads)  # (B, H, N, D)
         bias = self.pos_bias[:, :n] if self.pos_bias is not None else None
         if bias is not None and bias.shape[1] < n:
             raise ValueError(f"sequence of {n} tokens exceeds max_len={self.pos_bias.shape[1]}")
+        w = _split_heads(self.qkv(x), self.num_heads)  # (B, H, N, D)
         y = tssa(
             w,
             self.temp.view(-1),
@@ -196,6 +219,7 @@ class TokenStatisticsAttention(_TokenMixer):
             impl=self.impl,
             bias=bias,
             attn_drop=self.attn_drop if self.training else 0.0,
+            projection=self._projection(x),
         )
         return self.to_out(_merge_heads(y))
 

@@ -121,6 +121,7 @@ def flop_counter_mapping() -> dict[Any, Any]:
         if available()[0]:
             mapping[torch.ops.tssa_cpu.fwd] = _tssa_fused_fc
             mapping[torch.ops.tssa_cpu.bwd] = _tssa_fused_bwd_fc
+            mapping[torch.ops.tssa_cpu.bwd_over_w] = _tssa_fused_bwd_fc  # the same backward, dW over w
     except ImportError:  # pragma: no cover - an older tssa
         pass
     for name in _ELEMENTWISE:

@@ -75,9 +75,9 @@ def _slow_down(w, y, forward_s: float) -> None:
 
 
 def _wrap(fn, kind: str):
-    def planted(w, temperature, bias, causal):
+    def planted(w, temperature, bias, causal, **kw):  # kw: projection=..., for an impl that recomputes w
         t0 = time.thread_time()
-        y = fn(w, temperature, bias, causal)
+        y = fn(w, temperature, bias, causal, **kw)
         if kind == "nxn":
             with torch.no_grad():
                 head = w[0, 0]  # (N, D)

@@ -34,7 +34,9 @@ class ImplSpec:
 
     ``supports(w, causal)`` says whether it can run on this input; ``priority`` orders ``auto``;
     ``auto_picks(w, causal)``, when given, narrows the inputs ``auto`` may choose it for (a path that
-    runs anywhere but is built for one device), otherwise ``supports`` decides.
+    runs anywhere but is built for one device), otherwise ``supports`` decides. ``recomputes``: ``fn``
+    also takes ``projection=(x, weight, bias)``, the projection that made ``w``, and recomputes ``w``
+    from it in backward instead of saving it (see :func:`tssa`).
     """
 
     name: str
@@ -42,6 +44,7 @@ class ImplSpec:
     supports: Callable[[torch.Tensor, bool], bool]
     priority: int = 0
     auto_picks: Callable[[torch.Tensor, bool], bool] | None = None
+    recomputes: bool = False
 
     def eligible(self, w: torch.Tensor, causal: bool) -> bool:
         """Whether ``auto`` may choose this implementation for ``w``."""
@@ -141,6 +144,7 @@ def tssa(
     impl: str = "auto",
     bias: torch.Tensor | None = None,
     attn_drop: float = 0.0,
+    projection: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Token Statistics Self-Attention core. (B, H, N, D) -> (B, H, N, D).
 
@@ -156,6 +160,11 @@ def tssa(
             ``"auto"`` honours the ``TSSA_IMPL`` environment variable.
         bias: optional per-head, per-position offset (H, N) added to the normalised squares.
         attn_drop: dropout probability on the gate ``1/(1+m)``; > 0 runs the naive path.
+        projection: ``(x, weight, qkv_bias)`` when ``w`` is the head split of
+            ``F.linear(x, weight, qkv_bias)`` (the caller vouches for it). An implementation that
+            can (``fused``) then recomputes ``w`` in backward instead of saving it: the same values
+            and gradients, one token-sized buffer less held from forward to backward, one more
+            projection in backward. The others ignore it.
 
     >>> w = torch.randn(2, 4, 197, 48)
     >>> tssa(w, torch.ones(4)).shape
@@ -164,8 +173,10 @@ def tssa(
     _check(w, temperature, bias)
     if attn_drop > 0.0:
         return (tssa_causal_naive if causal else tssa_naive)(w, temperature, bias, attn_drop)
-    name = resolve_impl(impl, w, causal)
-    return _IMPLS[name].fn(w, temperature, bias, causal)
+    spec = _IMPLS[resolve_impl(impl, w, causal)]
+    if projection is not None and spec.recomputes:
+        return spec.fn(w, temperature, bias, causal, projection=projection)
+    return spec.fn(w, temperature, bias, causal)
 
 
 # fast paths (tssa/ops/fast.py): "stream" (CPU, non-causal), "triton" (CUDA), "compile" (explicit only)

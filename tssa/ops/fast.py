@@ -98,10 +98,10 @@ def _always(w: torch.Tensor, causal: bool) -> bool:
     return True
 
 
-def _fused(w, temperature, bias, causal):
+def _fused(w, temperature, bias, causal, projection=None):
     from .fused_cpu import tssa_fused
 
-    return tssa_fused(w, temperature, bias)
+    return tssa_fused(w, temperature, bias, projection=projection)
 
 
 def _fused_supports(w: torch.Tensor, causal: bool) -> bool:
@@ -112,7 +112,7 @@ def _fused_supports(w: torch.Tensor, causal: bool) -> bool:
     return available()[0]  # builds the extension once per process; False (with a reason) without a compiler
 
 
-register_impl(ImplSpec("fused", _fused, _fused_supports, priority=25))
+register_impl(ImplSpec("fused", _fused, _fused_supports, priority=25, recomputes=True))
 register_impl(ImplSpec("stream", _stream, _stream_supports, priority=20, auto_picks=_on_cpu))
 register_impl(ImplSpec("triton", _triton, _triton_supports, priority=30))
 register_impl(ImplSpec("compile", _compile, _always, priority=-10))

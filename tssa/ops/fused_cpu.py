@@ -229,6 +229,44 @@ class _TSSAFused(torch.autograd.Function):
         return dw, dtau, dbias
 
 
+class _TSSAFusedRecomputed(torch.autograd.Function):
+    """:class:`_TSSAFused` for ``w = F.linear(x, weight, qkv_bias)`` split into heads, saving that recipe
+    instead of ``w``: backward recomputes ``w`` with the same call (the same bits), runs the core's
+    backward with dW written over the recomputed buffer, and returns dW as ``w``'s gradient (``x`` and
+    the weights get theirs through the projection's own node). Gradients are bit-identical to
+    :class:`_TSSAFused`; ``w`` is not held from forward to backward (one token-sized buffer less at
+    the step's peak) at the cost of one more projection in backward."""
+
+    @staticmethod
+    def forward(ctx, w, tau, bias, x, weight, qkv_bias):
+        _, h, n, d = w.shape
+        step = chunk_tokens(h * d, n)
+        tau_c = tau.to(w.dtype).contiguous()
+        bias_c = None if bias is None else bias.to(w.dtype).contiguous()
+        y_tm, pi, colsq, r, total, m, g = torch.ops.tssa_cpu.fwd(
+            _token_major(w), tau_c, bias_c, step, _SQ_EPS, MEMBERSHIP_EPS
+        )
+        ctx.save_for_backward(x, weight, qkv_bias, tau_c, bias_c, pi, colsq, r, total, m, g)
+        ctx.meta = (h, step, tau.dtype, None if bias is None else bias.dtype)
+        return y_tm.transpose(1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, qkv_bias, tau_c, bias_c, pi, colsq, r, total, m, g = ctx.saved_tensors
+        h, step, tau_dtype, bias_dtype = ctx.meta
+        wf = torch.nn.functional.linear(x, weight, qkv_bias)  # w again: the call that made it
+        b, n, c = wf.shape
+        w_tm = wf.view(b, n, h, c // h)
+        outs = torch.ops.tssa_cpu.bwd_over_w(
+            _token_major(grad.to(w_tm.dtype)), w_tm, tau_c, bias_c, pi, colsq, r, total, m, g, step, _SQ_EPS
+        )  # w_tm holds dW now
+        dw = w_tm.transpose(1, 2) if ctx.needs_input_grad[0] else None
+        dtau = outs[0].to(tau_dtype) if ctx.needs_input_grad[1] else None
+        dbias = outs[1].to(bias_dtype) if bias_c is not None and ctx.needs_input_grad[2] else None
+        return dw, dtau, dbias, None, None, None
+
+
 def _check(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None) -> None:
     if not isinstance(w, torch.Tensor) or w.dim() != 4:
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
@@ -260,12 +298,25 @@ def _check(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None
         raise ValueError(f"tssa_fused: bias must be floating point, got {bias.dtype}")
 
 
-def tssa_fused(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def tssa_fused(
+    w: torch.Tensor,
+    temperature: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    projection: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """Non-causal TSSA core in fused C++ kernels. (B, H, N, D) -> (B, H, N, D), CPU, float32/float64.
 
     ``Y = -Pi * W * 1/(1 + m)`` exactly as :func:`tssa.ops.naive.tssa_naive`; ``bias`` (H, N) adds
     ``D * bias[h, n]`` to the head energies. The output, and ``dW`` in backward, are (B, H, N, D) views
     of token-major (B, N, H, D) buffers, so merging heads afterwards is free.
+
+    ``projection=(x, weight, qkv_bias)`` says that ``w`` is the head split of
+    ``F.linear(x, weight, qkv_bias)`` (x (B, N, C), as :class:`tssa.nn.TokenStatisticsAttention`
+    makes it): then ``w`` is not saved for backward but recomputed there by that call, and dW is
+    written over the recomputed buffer (same values and gradients, bit for bit; one token-sized buffer
+    less held from forward to backward, one more projection in backward). The caller vouches that
+    ``w`` is exactly that projection.
 
     Raises ``ValueError`` (one line) for non-CPU tensors, other dtypes, wrong shapes, or when the
     extension cannot be built here (with the reason).
@@ -274,4 +325,13 @@ def tssa_fused(w: torch.Tensor, temperature: torch.Tensor, bias: torch.Tensor | 
     ok, reason = available()
     if not ok:
         raise ValueError(f"tssa_fused: unavailable: {reason}")
-    return _TSSAFused.apply(w, temperature, bias)
+    if projection is None:
+        return _TSSAFused.apply(w, temperature, bias)
+    x, weight, qkv_bias = projection
+    b, h, n, d = w.shape
+    if not isinstance(x, torch.Tensor) or tuple(x.shape[:2]) != (b, n) or tuple(weight.shape[:1]) != (h * d,):
+        raise ValueError(
+            f"tssa_fused: projection (x {tuple(getattr(x, 'shape', ()))}, weight {tuple(weight.shape)}) "
+            f"cannot have made w of shape {tuple(w.shape)}; pass x (B, N, C_in) and weight (H * D, C_in)"
+        )
+    return _TSSAFusedRecomputed.apply(w, temperature, bias, x, weight, qkv_bias)

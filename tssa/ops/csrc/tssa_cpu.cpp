@@ -518,6 +518,24 @@ inline void tok_grad_c(const T* __restrict__ x, const T* __restrict__ gr, const 
   }
 }
 
+// tok_grad_c writing dw over x (xo: the token's x on entry, its dw on return): the same operations
+template <typename T, int KD>
+inline void tok_grad_c_over(T* xo, const T* __restrict__ gr, const T* __restrict__ pi,
+                            const T* __restrict__ td, const T* __restrict__ da2, const T* __restrict__ r2,
+                            const T* __restrict__ dcol2, const T* __restrict__ neg_g, int64_t H, int64_t Drt) {
+  const int64_t D = KD > 0 ? KD : Drt;
+  for (int64_t h = 0; h < H; ++h) {
+    const T p = pi[h], t = td[h];
+    T* __restrict__ xh = xo + h * D;
+    const int64_t o = h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const T x = xh[d];
+      const T coef = p * da2[o + d] + t * r2[o + d] + dcol2[o + d];
+      xh[d] = x * coef + gr[o + d] * p * neg_g[o + d];
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // forward: Y = -Pi w g, three passes over the tokens.
 // Returns [y_tm (B, N, H, D), pi (B, N, H), colsq, r, total, m, g] (statistics float64, (B, H, D) or
@@ -617,7 +635,7 @@ template <typename T, int KD>
 std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& tau,
                              const std::optional<Tensor>& bias, const Tensor& pi, const Tensor& colsq,
                              const Tensor& r, const Tensor& total, const Tensor& m, const Tensor& g,
-                             int64_t step, double sq_eps) {
+                             int64_t step, double sq_eps, bool over_w) {
   const int64_t B = w.size(0), N = w.size(1), H = w.size(2), D = KD > 0 ? KD : w.size(3), C = H * D;
   const int64_t K = (N + step - 1) / step;
   const T* W = w.data_ptr<T>();
@@ -722,14 +740,21 @@ std::vector<Tensor> bwd_impl(const Tensor& grad, const Tensor& w, const Tensor& 
   }
 
   // pass C, the gradient of w: dW = 2 w (Pi da + td r + dcol) - G Pi g
-  Tensor dw = at::empty({B, N, H, D}, w.options());
+  // over_w: dW is written over w (the caller's buffer, which it no longer needs): each token's w is read
+  // before its dW is written, and no other token reads it in this pass
+  Tensor dw = over_w ? w : at::empty({B, N, H, D}, w.options());
   T* DW = dw.data_ptr<T>();
   for_each_chunk(B, N, step, [&](int64_t b, int64_t, int64_t n0, int64_t n1) {
     const int64_t o = b * C;
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t t = b * N + n;
-      tok_grad_c<T, KD>(W + t * C, GR + t * C, PI + t * H, BUF + t * H, da2.data() + o, r2.data() + o,
-                        dcol2.data() + o, ng.data() + o, H, D, DW + t * C);
+      if (over_w) {
+        tok_grad_c_over<T, KD>(DW + t * C, GR + t * C, PI + t * H, BUF + t * H, da2.data() + o, r2.data() + o,
+                               dcol2.data() + o, ng.data() + o, H, D);
+      } else {
+        tok_grad_c<T, KD>(W + t * C, GR + t * C, PI + t * H, BUF + t * H, da2.data() + o, r2.data() + o,
+                          dcol2.data() + o, ng.data() + o, H, D, DW + t * C);
+      }
     }
   });
   std::vector<Tensor> outs{dw, dtau};
@@ -779,8 +804,8 @@ std::vector<Tensor> fwd(const Tensor& w_tm, const Tensor& tau, const std::option
 std::vector<Tensor> bwd(const Tensor& grad_tm, const Tensor& w_tm, const Tensor& tau,
                         const std::optional<Tensor>& bias, const Tensor& pi, const Tensor& colsq,
                         const Tensor& r, const Tensor& total, const Tensor& m, const Tensor& g,
-                        int64_t chunk, double sq_eps) {
-  const char* op = "tssa_cpu::bwd";
+                        int64_t chunk, double sq_eps, bool over_w = false) {
+  const char* op = over_w ? "tssa_cpu::bwd_over_w" : "tssa_cpu::bwd";
   check_inputs(op, w_tm, tau, bias, chunk);
   const int64_t B = w_tm.size(0), N = w_tm.size(1), H = w_tm.size(2), D = w_tm.size(3);
   check_like(op, "grad_tm", grad_tm, w_tm.sizes(), w_tm.scalar_type());
@@ -793,9 +818,18 @@ std::vector<Tensor> bwd(const Tensor& grad_tm, const Tensor& w_tm, const Tensor&
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(w_tm.scalar_type(), "tssa_cpu_bwd", [&] {
     out = with_head_size(w_tm.size(3), [&]<int KD>() {
-      return bwd_impl<scalar_t, KD>(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps);
+      return bwd_impl<scalar_t, KD>(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps, over_w);
     });
   });
+  return out;
+}
+
+std::vector<Tensor> bwd_over_w(const Tensor& grad_tm, const Tensor& w_tm, const Tensor& tau,
+                               const std::optional<Tensor>& bias, const Tensor& pi, const Tensor& colsq,
+                               const Tensor& r, const Tensor& total, const Tensor& m, const Tensor& g,
+                               int64_t chunk, double sq_eps) {
+  std::vector<Tensor> out = bwd(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps, true);
+  out.erase(out.begin());  // dW is w_tm now
   return out;
 }
 
@@ -833,10 +867,19 @@ TORCH_LIBRARY(tssa_cpu, m) {
   m.def(
       "bwd(Tensor grad_tm, Tensor w_tm, Tensor tau, Tensor? bias, Tensor pi, Tensor colsq, Tensor r, "
       "Tensor total, Tensor m, Tensor g, int chunk, float sq_eps) -> Tensor[]");
+  // the same backward with dW written over w_tm (whose values the caller no longer needs): [dtau, dbias?]
+  m.def(
+      "bwd_over_w(Tensor grad_tm, Tensor(a!) w_tm, Tensor tau, Tensor? bias, Tensor pi, Tensor colsq, "
+      "Tensor r, Tensor total, Tensor m, Tensor g, int chunk, float sq_eps) -> Tensor[]");
   m.def("exp_mismatches(int lo, int hi) -> int", &exp_mismatches);
 }
 
 TORCH_LIBRARY_IMPL(tssa_cpu, CPU, m) {
   m.impl("fwd", &fwd);
-  m.impl("bwd", &bwd);
+  m.impl("bwd", [](const Tensor& grad_tm, const Tensor& w_tm, const Tensor& tau, const std::optional<Tensor>& bias,
+                   const Tensor& pi, const Tensor& colsq, const Tensor& r, const Tensor& total, const Tensor& m,
+                   const Tensor& g, int64_t chunk, double sq_eps) {
+    return bwd(grad_tm, w_tm, tau, bias, pi, colsq, r, total, m, g, chunk, sq_eps, false);
+  });
+  m.impl("bwd_over_w", &bwd_over_w);
 }
