@@ -44,10 +44,9 @@ def build(name: str, source: str):
     path = root / "tssa_cpu.cpp"
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
-    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
-    load(name=f"{name}_{variant}", sources=[str(path)], extra_cflags=["-O3", "-ffp-contract=off",
-         *fused_cpu._ISA_FLAGS[variant], *omp], extra_ldflags=omp, build_directory=str(root),
-         is_python_module=False, verbose=False)  # fmt: skip
+    cflags, ldflags = fused_cpu.build_flags(variant)
+    load(name=f"{name}_{variant}", sources=[str(path)], extra_cflags=cflags, extra_ldflags=ldflags,
+         build_directory=str(root), is_python_module=False, verbose=False)  # fmt: skip
     return getattr(torch.ops, name)
 
 

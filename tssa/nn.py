@@ -65,7 +65,7 @@ class TokenStatisticsAttention(_TokenMixer):
     (``fused``, CPU) recompute ``W = qkv(x)`` in backward instead of keeping it from forward: the same
     outputs and gradients bit for bit, one (B, N, C) buffer less at the training step's peak (the
     layer's peak then equals its two projections' alone), one more ``qkv`` projection in backward
-    (forward+backward about 17 % slower at C = 384 on one CPU thread); ``False`` keeps ``W``.
+    (one more matrix product per training step); ``False`` keeps ``W``.
 
     >>> attn = TokenStatisticsAttention(64, num_heads=4)
     >>> attn(torch.randn(2, 100, 64)).shape
@@ -189,7 +189,7 @@ class TokenStatisticsAttention(_TokenMixer):
         layer.load_state_dict(renamed, strict=True)
         return layer
 
-    def _projection(self, x: torch.Tensor) -> tuple | None:  # modules pickled before `recompute` lack it
+    def _projection(self, x: torch.Tensor) -> tuple | None:
         """``(x, qkv.weight, qkv.bias)`` for the core to recompute ``w`` from in backward
         (:func:`tssa.ops.tssa`'s ``projection``), or None: only while a gradient is being taken, with
         nothing dropping entries of the gate, and ``qkv`` a plain ``nn.Linear`` without hooks of its
@@ -197,7 +197,7 @@ class TokenStatisticsAttention(_TokenMixer):
         (profilers, ``FlopCounterMode``'s tracker) are assumed to leave outputs as they are; one that
         replaces ``qkv``'s output needs ``recompute=False``."""
         if (
-            not getattr(self, "recompute", True)
+            not getattr(self, "recompute", True)  # modules pickled before `recompute` existed lack it
             or not torch.is_grad_enabled()
             or (self.training and self.attn_drop > 0.0)
         ):

@@ -137,6 +137,14 @@ def _missing_tool() -> str | None:
     return None
 
 
+def build_flags(variant: str) -> tuple[list[str], list[str]]:
+    """Compiler and linker flags of the extension's ``variant`` build (:func:`isa`)."""
+    # at::parallel_for is a header template: with torch's OpenMP backend it only runs threads in code
+    # compiled with -fopenmp (libgomp resolves to the copy torch has already loaded)
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    return ["-O3", "-ffp-contract=off", *_ISA_FLAGS[variant], *omp], omp
+
+
 def _build() -> None:
     import fcntl
 
@@ -145,9 +153,7 @@ def _build() -> None:
     root, variant = cache_dir(), isa()
     build = root / variant
     build.mkdir(parents=True, exist_ok=True)
-    # at::parallel_for is a header template: with torch's OpenMP backend it only runs threads in code
-    # compiled with -fopenmp (libgomp resolves to the copy torch has already loaded)
-    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    cflags, ldflags = build_flags(variant)
     # torch takes its own lock ("lock") inside load(); this one also covers its version check and the
     # dlopen, so a second process waits for the first build and then only loads the library.
     with open(root / "build.lock", "a") as fh:
@@ -156,8 +162,8 @@ def _build() -> None:
             load_extension(
                 name=f"{EXT_NAME}_{variant}",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-ffp-contract=off", *_ISA_FLAGS[variant], *omp],
-                extra_ldflags=omp,
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
                 build_directory=str(build),
                 is_python_module=False,  # plain torch.ops library: TORCH_LIBRARY(tssa_cpu, ...)
                 verbose=False,
@@ -199,21 +205,26 @@ def _token_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous()
 
 
+def _forward(ctx, w, tau, bias):
+    """The forward kernel on ``w`` (B, H, N, D): the (B, H, N, D) view of the token-major output and
+    what backward needs besides ``w`` (tau and bias in w's dtype, Pi and the statistics); the chunk
+    size and the parameters' dtypes go on ``ctx``."""
+    _, h, n, d = w.shape
+    ctx.step = chunk_tokens(h * d, n)
+    ctx.tau_dtype = tau.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    tau_c = tau.to(w.dtype).contiguous()
+    bias_c = None if bias is None else bias.to(w.dtype).contiguous()
+    y_tm, *stats = torch.ops.tssa_cpu.fwd(_token_major(w), tau_c, bias_c, ctx.step, _SQ_EPS, MEMBERSHIP_EPS)
+    return y_tm.transpose(1, 2), (tau_c, bias_c, *stats)
+
+
 class _TSSAFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, tau, bias):
-        _, h, n, d = w.shape
-        step = chunk_tokens(h * d, n)
-        tau_c = tau.to(w.dtype).contiguous()
-        bias_c = None if bias is None else bias.to(w.dtype).contiguous()
-        y_tm, pi, colsq, r, total, m, g = torch.ops.tssa_cpu.fwd(
-            _token_major(w), tau_c, bias_c, step, _SQ_EPS, MEMBERSHIP_EPS
-        )
-        ctx.save_for_backward(w, tau_c, bias_c, pi, colsq, r, total, m, g)
-        ctx.step = step
-        ctx.tau_dtype = tau.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y_tm.transpose(1, 2)  # (B, H, N, D) view of the token-major buffer
+        y, saved = _forward(ctx, w, tau, bias)
+        ctx.save_for_backward(w, *saved)  # w, tau_c, bias_c, pi, colsq, r, total, m, g
+        return y  # (B, H, N, D) view of the token-major buffer
 
     @staticmethod
     @once_differentiable  # the backward kernel has no derivative of its own
@@ -239,31 +250,24 @@ class _TSSAFusedRecomputed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, tau, bias, x, weight, qkv_bias):
-        _, h, n, d = w.shape
-        step = chunk_tokens(h * d, n)
-        tau_c = tau.to(w.dtype).contiguous()
-        bias_c = None if bias is None else bias.to(w.dtype).contiguous()
-        y_tm, pi, colsq, r, total, m, g = torch.ops.tssa_cpu.fwd(
-            _token_major(w), tau_c, bias_c, step, _SQ_EPS, MEMBERSHIP_EPS
-        )
-        ctx.save_for_backward(x, weight, qkv_bias, tau_c, bias_c, pi, colsq, r, total, m, g)
-        ctx.meta = (h, step, tau.dtype, None if bias is None else bias.dtype)
-        return y_tm.transpose(1, 2)
+        y, saved = _forward(ctx, w, tau, bias)
+        ctx.save_for_backward(x, weight, qkv_bias, *saved)
+        ctx.heads = w.shape[1]
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, qkv_bias, tau_c, bias_c, pi, colsq, r, total, m, g = ctx.saved_tensors
-        h, step, tau_dtype, bias_dtype = ctx.meta
+        x, weight, qkv_bias, tau_c, bias_c, *stats = ctx.saved_tensors
         wf = torch.nn.functional.linear(x, weight, qkv_bias)  # w again: the call that made it
         b, n, c = wf.shape
-        w_tm = wf.view(b, n, h, c // h)
+        w_tm = wf.view(b, n, ctx.heads, c // ctx.heads)
         outs = torch.ops.tssa_cpu.bwd_over_w(
-            _token_major(grad.to(w_tm.dtype)), w_tm, tau_c, bias_c, pi, colsq, r, total, m, g, step, _SQ_EPS
+            _token_major(grad.to(w_tm.dtype)), w_tm, tau_c, bias_c, *stats, ctx.step, _SQ_EPS
         )  # w_tm holds dW now
         dw = w_tm.transpose(1, 2) if ctx.needs_input_grad[0] else None
-        dtau = outs[0].to(tau_dtype) if ctx.needs_input_grad[1] else None
-        dbias = outs[1].to(bias_dtype) if bias_c is not None and ctx.needs_input_grad[2] else None
+        dtau = outs[0].to(ctx.tau_dtype) if ctx.needs_input_grad[1] else None
+        dbias = outs[1].to(ctx.bias_dtype) if bias_c is not None and ctx.needs_input_grad[2] else None
         return dw, dtau, dbias, None, None, None
 
 

@@ -312,6 +312,18 @@ inline void lane_dot_rows(const T* __restrict__ a, int64_t stride, const T* __re
   }
 }
 
+// a[d] += c[j] * rows[j * stride + d] for j < kTok in token order, d < D: kTok tokens' rows added
+// to one row of partial sums, loaded and stored once
+template <typename T>
+inline void acc_rows(T* __restrict__ a, const T* __restrict__ c, const T* __restrict__ rows, int64_t stride,
+                     int64_t D) {
+  for (int64_t d = 0; d < D; ++d) {
+    T v = a[d];
+    for (int j = 0; j < kTok; ++j) v += c[j] * rows[j * stride + d];
+    a[d] = v;
+  }
+}
+
 // acc += x_j^2, j < kTok, in token order
 template <typename T>
 inline void toks_sq_acc(const T* __restrict__ x, T* __restrict__ acc, int64_t C) {
@@ -361,13 +373,7 @@ inline void toks_membership(const T* __restrict__ x, const T* __restrict__ r, co
       at += p[j];
     }
     acc_t[h] = at;
-    T* __restrict__ a = acc + h * D;
-    const T* __restrict__ sqh = sq + h * D;
-    for (int64_t d = 0; d < D; ++d) {
-      T v = a[d];
-      for (int j = 0; j < kTok; ++j) v += p[j] * sqh[j * C + d];
-      a[d] = v;
-    }
+    acc_rows<T>(acc + h * D, p, sq + h * D, C, D);
   }
 }
 
@@ -447,12 +453,7 @@ inline void toks_grad_a(const T* __restrict__ x, const T* __restrict__ gr, const
       dpi1[j * H + h] = -dots[j];
       p[j] = pi[j * H + h];
     }
-    T* __restrict__ a = acc + h * D;
-    for (int64_t d = 0; d < D; ++d) {
-      T v = a[d];
-      for (int j = 0; j < kTok; ++j) v += p[j] * gwh[j * C + d];
-      a[d] = v;
-    }
+    acc_rows<T>(acc + h * D, p, gwh, C, D);
   }
 }
 
@@ -491,13 +492,7 @@ inline void toks_grad_b(const T* __restrict__ x, const T* __restrict__ pi, const
       bn[i] = td[j];
     }
     acc_t[h] = at;
-    T* __restrict__ a = acc + h * D;
-    const T* __restrict__ sqh = sq + h * D;
-    for (int64_t d = 0; d < D; ++d) {
-      T v = a[d];
-      for (int j = 0; j < kTok; ++j) v += td[j] * sqh[j * C + d];
-      a[d] = v;
-    }
+    acc_rows<T>(acc + h * D, td, sq + h * D, C, D);
   }
 }
 
