@@ -4,9 +4,11 @@ Starts one spinning process (``python -c "while True: pass"``) beside the measur
 core that ``impl="auto"`` runs (forward, and forward+backward) at (1, H, N, D) on the layer's
 token-major layout, with one and with two torch threads, interleaved: per round each (pass, threads)
 pair runs a block of calls by the wall clock, and the table reports the median over rounds of the
-2-thread / 1-thread ratio. With ``--policy both`` (the default) the measurement runs twice in child
-processes, once with OpenMP's default wait policy and once with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP
-reads it when torch loads it, so it must be set before the process starts).
+2-thread / 1-thread ratio. Freed memory stays in glibc's heap first, as in the harness's timings
+(``benchmarks.core.measure.keep_freed_memory``), so the times hold no page faults of fresh outputs.
+With ``--policy both`` (the default) the measurement runs twice in child processes, once with
+OpenMP's default wait policy and once with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP reads it when torch
+loads it, so it must be set before the process starts).
 
     python scripts/busy_core.py                      # N = 4096 and 16384, both wait policies
     python scripts/busy_core.py --tokens 4096 --policy passive --no-spin
@@ -29,8 +31,10 @@ def measure(tokens: list[int], rounds: int, heads: int, dim: int, impls: list[st
     import torch
     from _core_steps import core_steps
 
+    from benchmarks.core.measure import keep_freed_memory
     from tssa.ops import resolve_impl
 
+    keep_freed_memory()  # freed outputs stay in the heap, as in the harness's timings: no page faults per call
     out = []
     for n in tokens:
         steps = core_steps(n, heads, dim)

@@ -121,6 +121,18 @@ def test_fused_gradcheck_fp64_across_chunks(one_thread):
     assert torch.autograd.gradcheck(tssa_fused, inputs, eps=1e-6, atol=1e-6)
 
 
+def test_fused_without_a_gradient_runs_the_same_kernel_and_records_no_graph():
+    w, tau, pb, _ = _inputs((2, 4, 197, 48), bias=True, head_split=True)
+    w, tau, pb = w.float(), tau.float(), pb.float()
+    graph = tssa_fused(w.requires_grad_(), tau, pb)  # through the autograd function
+    with torch.no_grad():
+        plain = tssa_fused(w, tau, pb)
+    leaf = tssa_fused(w.detach(), tau, pb)  # grad mode on, nothing requires a gradient
+    assert graph.grad_fn is not None and plain.grad_fn is None and leaf.grad_fn is None
+    for y in (plain, leaf):
+        assert torch.equal(y, graph) and y.stride() == graph.stride()  # the same token-major view
+
+
 def test_fused_handles_mixed_parameter_dtypes_and_partial_grads():
     w, tau, pb, grad = _inputs((1, 4, 50, 8), bias=True, head_split=True)
     wf = w.float().requires_grad_()

@@ -219,6 +219,12 @@ def _forward(ctx, w, tau, bias):
     return y_tm.transpose(1, 2), (tau_c, bias_c, *stats)
 
 
+class _NoCtx:
+    """Stands in for the autograd context where no graph is recorded (``_forward`` sets attributes on it)."""
+
+    __slots__ = ("step", "tau_dtype", "bias_dtype")
+
+
 class _TSSAFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, tau, bias):
@@ -322,6 +328,9 @@ def tssa_fused(
     less held from forward to backward, one more projection in backward). The caller vouches that
     ``w`` is exactly that projection.
 
+    Where no gradient is to be computed (grad mode off, or no input requires one) the forward kernel
+    runs without an autograd node (same call, same bits, less per-call overhead).
+
     Raises ``ValueError`` (one line) for non-CPU tensors, other dtypes, wrong shapes, or when the
     extension cannot be built here (with the reason).
     """
@@ -329,6 +338,10 @@ def tssa_fused(
     ok, reason = available()
     if not ok:
         raise ValueError(f"tssa_fused: unavailable: {reason}")
+    if not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (w, temperature, bias))
+    ):
+        return _forward(_NoCtx(), w, temperature, bias)[0]  # nothing to differentiate: no autograd node
     if projection is None:
         return _TSSAFused.apply(w, temperature, bias)
     x, weight, qkv_bias = projection
