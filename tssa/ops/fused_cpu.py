@@ -207,22 +207,17 @@ def _token_major(t: torch.Tensor) -> torch.Tensor:
 
 def _forward(ctx, w, tau, bias):
     """The forward kernel on ``w`` (B, H, N, D): the (B, H, N, D) view of the token-major output and
-    what backward needs besides ``w`` (tau and bias in w's dtype, Pi and the statistics); the chunk
-    size and the parameters' dtypes go on ``ctx``."""
+    what backward needs besides ``w`` (tau and bias in w's dtype, Pi and the statistics). The chunk
+    size and the parameters' dtypes go on ``ctx``; ``ctx=None`` where no autograd node is recorded."""
     _, h, n, d = w.shape
-    ctx.step = chunk_tokens(h * d, n)
-    ctx.tau_dtype = tau.dtype
-    ctx.bias_dtype = None if bias is None else bias.dtype
+    step = chunk_tokens(h * d, n)
+    if ctx is not None:
+        ctx.step, ctx.tau_dtype = step, tau.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
     tau_c = tau.to(w.dtype).contiguous()
     bias_c = None if bias is None else bias.to(w.dtype).contiguous()
-    y_tm, *stats = torch.ops.tssa_cpu.fwd(_token_major(w), tau_c, bias_c, ctx.step, _SQ_EPS, MEMBERSHIP_EPS)
+    y_tm, *stats = torch.ops.tssa_cpu.fwd(_token_major(w), tau_c, bias_c, step, _SQ_EPS, MEMBERSHIP_EPS)
     return y_tm.transpose(1, 2), (tau_c, bias_c, *stats)
-
-
-class _NoCtx:
-    """Stands in for the autograd context where no graph is recorded (``_forward`` sets attributes on it)."""
-
-    __slots__ = ("step", "tau_dtype", "bias_dtype")
 
 
 class _TSSAFused(torch.autograd.Function):
@@ -341,7 +336,7 @@ def tssa_fused(
     if not (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (w, temperature, bias))
     ):
-        return _forward(_NoCtx(), w, temperature, bias)[0]  # nothing to differentiate: no autograd node
+        return _forward(None, w, temperature, bias)[0]  # nothing to differentiate: no autograd node
     if projection is None:
         return _TSSAFused.apply(w, temperature, bias)
     x, weight, qkv_bias = projection
